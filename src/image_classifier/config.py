@@ -1,0 +1,103 @@
+"""The parameter schema, checked once when a Kedro context is created.
+
+Every key a user may set is declared here; anything else is a typo, and a typo that is silently
+ignored costs a whole training run, so unknown keys are rejected with their dotted name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitParams(_Strict):
+    validation: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> SplitParams:
+        if self.validation + self.test >= 1.0:
+            raise ValueError("split.validation + split.test must be below 1 to leave training images")
+        return self
+
+
+class TransformParams(_Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class AugmentationParams(_Strict):
+    views: int = Field(2, ge=1, description="views per training image; view 0 is the plain image")
+    transforms: list[TransformParams] = Field(default_factory=list)
+
+
+class BackboneParams(_Strict):
+    name: str = "mobilenet_v2"
+    input_size: int = Field(224, ge=32, le=1024)
+    cache_dir: str = "data/06_models/backbones"
+
+
+class FeaturesParams(_Strict):
+    engine: Literal["tensorflow"] = "tensorflow"
+    precision: Literal["fp32"] = "fp32"
+    batch_size: int = Field(64, ge=1)
+    workers: int = Field(2, ge=1, description="threads decoding and augmenting ahead of the backbone")
+
+
+class TrainingParams(_Strict):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    patience: int = Field(5, ge=1, description="epochs without val_loss improvement before stopping")
+
+
+class FineTuningParams(_Strict):
+    enabled: bool = True
+    epochs: int = Field(3, ge=1)
+    unfreeze_layers: int = Field(20, ge=0)
+    learning_rate: float = Field(1e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    patience: int = Field(2, ge=1)
+
+
+class EvaluationParams(_Strict):
+    batch_size: int = Field(64, ge=1)
+
+
+class Parameters(_Strict):
+    seed: int = 42
+    raw_images_dir: str = "data/01_raw/images"
+    split: SplitParams = SplitParams()
+    augmentation: AugmentationParams = AugmentationParams()
+    backbone: BackboneParams = BackboneParams()
+    features: FeaturesParams = FeaturesParams()
+    training: TrainingParams = TrainingParams()
+    fine_tuning: FineTuningParams = FineTuningParams()
+    evaluation: EvaluationParams = EvaluationParams()
+
+
+class ParameterError(ValueError):
+    """Raised before any work starts when the parameters are wrong."""
+
+
+def validate_parameters(params: dict[str, Any]) -> Parameters:
+    """Return the typed parameters, or raise ``ParameterError`` naming each bad key."""
+    try:
+        return Parameters.model_validate(params)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            where = ".".join(str(part) for part in item["loc"]) or "<parameters>"
+            if item["type"] == "extra_forbidden":
+                problems.append(f"  - {where}: unknown parameter (check its spelling and nesting)")
+            else:
+                problems.append(f"  - {where}: {item['msg']} (got {item.get('input')!r})")
+        raise ParameterError(
+            "Invalid parameters in conf/*/parameters*.yml or --params:\n" + "\n".join(problems)
+        ) from None

@@ -1,0 +1,95 @@
+"""A content-addressed, append-only store of feature vectors in sharded ``.npz`` files.
+
+Each shard is written under a temporary name and renamed into place, so a reader sees a whole
+shard or none of it: a run killed mid-write loses only the batch in flight, and two runs
+writing at once each add their own shards. A key computed twice is stored twice, with the
+same value, which is harmless.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kedro.io import AbstractDataset, DatasetError
+
+_SHARD_GLOB = "shard-*.npz"
+
+
+class FeatureStore:
+    """Lookup and append of ``key → vector`` under ``root``."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._where: dict[str, tuple[Path, int]] = {}
+        for shard in sorted(root.glob(_SHARD_GLOB)):
+            with np.load(shard) as contents:
+                for row, key in enumerate(contents["keys"].tolist()):
+                    self._where.setdefault(key, (shard, row))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def get_many(self, keys: list[str]) -> np.ndarray:
+        """Stack the stored vectors of ``keys`` (all must be present), reading each shard once."""
+        by_shard: dict[Path, list[tuple[int, int]]] = {}
+        for position, key in enumerate(keys):
+            shard, row = self._where[key]
+            by_shard.setdefault(shard, []).append((position, row))
+        result: np.ndarray | None = None
+        for shard, pairs in by_shard.items():
+            with np.load(shard) as contents:
+                vectors = contents["features"]
+            if result is None:
+                result = np.empty((len(keys), vectors.shape[1]), dtype=vectors.dtype)
+            positions, rows = zip(*pairs, strict=True)
+            result[list(positions)] = vectors[list(rows)]
+        if result is None:
+            raise KeyError("no keys requested")
+        return result
+
+    def append(self, keys: list[str], vectors: np.ndarray) -> Path:
+        """Write one shard atomically and make its keys visible to this store."""
+        if len(keys) != len(vectors):
+            raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = uuid.uuid4().hex
+        final = self.root / f"shard-{name}.npz"
+        partial = self.root / f".partial-{name}.npz"
+        with open(partial, "wb") as handle:
+            np.savez(handle, keys=np.asarray(keys), features=vectors)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, final)
+        for row, key in enumerate(keys):
+            self._where.setdefault(key, (final, row))
+        return final
+
+    def size_bytes(self) -> int:
+        return sum(shard.stat().st_size for shard in self.root.glob(_SHARD_GLOB))
+
+
+class FeatureStoreDataset(AbstractDataset[None, FeatureStore]):
+    """Loads a ``FeatureStore`` rooted at ``path``; nodes append to it as they compute."""
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def load(self) -> FeatureStore:
+        return FeatureStore(self._path)
+
+    def save(self, data: None) -> None:
+        raise DatasetError("the feature store is appended to through FeatureStore.append")
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}

@@ -1,0 +1,57 @@
+"""A read-only Kedro dataset over a folder of image files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kedro.io import AbstractDataset, DatasetError
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """Lazily readable files under ``root``; ``files`` are POSIX paths relative to it, sorted."""
+
+    root: Path
+    files: tuple[str, ...]
+
+    def read_bytes(self, relative: str) -> bytes:
+        return (self.root / relative).read_bytes()
+
+
+class ImageFolderDataset(AbstractDataset[None, ImageFolder]):
+    """Lists the files under ``path`` (recursively) without reading them.
+
+    Hidden files (``.DS_Store``, ``.gitkeep``) are skipped; everything else is listed, so that
+    ingestion can report stray files instead of silently ignoring them. The pipeline never
+    writes here: raw data is the user's and stays untouched.
+    """
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def load(self) -> ImageFolder:
+        if not self._path.is_dir():
+            raise DatasetError(
+                f"raw image folder {self._path} does not exist. Put images in "
+                f"{self._path}/<class>/<file> (or <split>/<class>/<file>), run `make data` for the "
+                "demo set, or pass `kedro run --params raw_images_dir=<folder>`."
+            )
+        files = sorted(
+            path.relative_to(self._path).as_posix()
+            for path in self._path.rglob("*")
+            if path.is_file()
+            and not any(part.startswith(".") for part in path.relative_to(self._path).parts)
+        )
+        return ImageFolder(self._path, tuple(files))
+
+    def save(self, data: None) -> None:
+        raise DatasetError(f"{self._path} holds raw images and is read-only for the pipeline")
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}

@@ -1,0 +1,41 @@
+"""A write-only Kedro dataset that logs the final classifier to the active MLflow run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+from kedro.io import AbstractDataset, DatasetError
+
+from image_classifier import tracking
+
+
+class MlflowClassifierDataset(AbstractDataset[dict[str, Any], None]):
+    """Saves ``{"model": keras.Model, "class_names": [...]}`` as a registered pyfunc model.
+
+    When no run is active (tracking disabled for the pipeline), it logs nothing: the model is
+    still on disk through the catalog's Keras dataset.
+    """
+
+    def __init__(
+        self,
+        name: str = "model",
+        registered_model_name: str | None = tracking.REGISTERED_MODEL_NAME,
+        metadata: dict[str, Any] | None = None,
+    ):
+        self._name = name
+        self._registered_model_name = registered_model_name
+        self.metadata = metadata
+
+    def save(self, data: dict[str, Any]) -> None:
+        if mlflow.active_run() is None:
+            return
+        tracking.log_classifier(
+            data["model"], data["class_names"], self._name, self._registered_model_name
+        )
+
+    def load(self) -> dict[str, Any]:
+        raise DatasetError("load the registered model with mlflow.pyfunc.load_model")
+
+    def _describe(self) -> dict[str, Any]:
+        return {"name": self._name, "registered_model_name": self._registered_model_name}

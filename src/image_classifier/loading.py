@@ -1,0 +1,112 @@
+"""Streaming image batches: decode, resize and augment in worker threads, a bounded window ahead.
+
+Only ``workers × prefetch`` batches are ever in memory, so memory stays flat however large the
+dataset is. Decoding (PIL) and resizing (TensorFlow) release the GIL, so threads suffice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from image_classifier.augment import apply_view, build_compose, view_seed
+from image_classifier.datasets import ImageFolder
+from image_classifier.images import decode_rgb, resize
+
+
+@dataclass(frozen=True)
+class ViewLoader:
+    """Loads one (image, view) as a square uint8 array; safe to call from many threads."""
+
+    raw: ImageFolder
+    size: int
+    transforms: tuple[dict[str, Any], ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_local", threading.local())
+
+    def _compose(self):
+        # Seeding a Compose mutates it, so each thread gets its own.
+        local = self._local  # type: ignore[attr-defined]
+        if not hasattr(local, "compose"):
+            local.compose = build_compose(list(self.transforms))
+        return local.compose
+
+    def __call__(self, path: str, sha256: str, view: int) -> np.ndarray:
+        image = resize(decode_rgb(self.raw.read_bytes(path)), self.size)
+        if view == 0:
+            return image
+        return apply_view(self._compose(), image, view_seed(self.seed, sha256, view), view)
+
+
+def iter_batches(
+    items: Sequence[tuple[str, str, int]],
+    load: Callable[[str, str, int], np.ndarray],
+    batch_size: int,
+    workers: int,
+    prefetch: int = 2,
+) -> Iterator[np.ndarray]:
+    """Yield stacked batches of ``load(*item)`` in order, keeping a bounded window in flight."""
+
+    def load_batch(start: int) -> np.ndarray:
+        return np.stack([load(*item) for item in items[start : start + batch_size]])
+
+    starts = iter(range(0, len(items), batch_size))
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for start in starts:
+            pending.append(pool.submit(load_batch, start))
+            if len(pending) >= workers * prefetch:
+                break
+        while pending:
+            batch = pending.popleft().result()
+            next_start = next(starts, None)
+            if next_start is not None:
+                pending.append(pool.submit(load_batch, next_start))
+            yield batch
+
+
+class AugmentedImages(keras.utils.PyDataset):
+    """Training batches for fine-tuning: each epoch sees fresh, but reproducible, augmentations.
+
+    The view number of an image in epoch ``e`` is ``e + 1``, so epoch 0 sees the same
+    augmentation as cached view 1 and no epoch sees the plain image unless transforms are empty.
+    """
+
+    def __init__(
+        self,
+        loader: ViewLoader,
+        paths: Sequence[str],
+        shas: Sequence[str],
+        labels: np.ndarray,
+        batch_size: int,
+        seed: int,
+        workers: int,
+    ):
+        super().__init__(workers=workers, use_multiprocessing=False)
+        self._loader, self._paths, self._shas, self._labels = loader, list(paths), list(shas), labels
+        self._batch_size = batch_size
+        self._rng = np.random.default_rng(seed)
+        self._order = self._rng.permutation(len(self._paths))
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        return -(-len(self._paths) // self._batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._order[index * self._batch_size : (index + 1) * self._batch_size]
+        view = self._epoch + 1 if self._loader.transforms else 0
+        images = np.stack([self._loader(self._paths[r], self._shas[r], view) for r in rows])
+        return images, self._labels[rows]
+
+    def on_epoch_end(self) -> None:
+        self._epoch += 1
+        self._order = self._rng.permutation(len(self._paths))

@@ -1,0 +1,65 @@
+"""Keras models assembled from a backbone trunk and a classifier head.
+
+Every model that leaves a pipeline takes raw RGB ``uint8`` images of any size: resizing and
+normalisation are layers, so a logged model needs no preprocessing code beside it.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from image_classifier.backbones import BackboneSpec
+
+
+def feature_extractor(trunk: keras.Model, spec: BackboneSpec, input_size: int) -> keras.Model:
+    """Raw uint8 images → pooled backbone features (batch, feature_dim)."""
+    images = keras.Input(shape=(None, None, 3), dtype="uint8", name="image")
+    x = keras.layers.Resizing(input_size, input_size, interpolation="bilinear", antialias=True, name="resize")(images)
+    # One affine layer does /255 and the ImageNet mean/std at once.
+    x = keras.layers.Normalization(
+        mean=[255.0 * m for m in spec.mean],
+        variance=[(255.0 * s) ** 2 for s in spec.std],
+        name="imagenet_normalise",
+    )(x)
+    # training=False keeps BatchNorm on its ImageNet statistics even when the trunk's top
+    # layers are unfrozen for fine-tuning: small batches of a new domain would otherwise
+    # overwrite the running means and wreck the pretrained features.
+    x = trunk(x, training=False)
+    features = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(images, features, name=f"{spec.name}_features")
+
+
+def classifier_head(feature_dim: int, num_classes: int, dropout: float, seed: int) -> keras.Model:
+    """Pooled features → class probabilities."""
+    features = keras.Input(shape=(feature_dim,), name="features")
+    x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(features)
+    probabilities = keras.layers.Dense(
+        num_classes,
+        activation="softmax",
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+        name="head_probabilities",
+    )(x)
+    return keras.Model(features, probabilities, name="head")
+
+
+def full_classifier(extractor: keras.Model, head: keras.Model) -> keras.Model:
+    """Raw uint8 images → class probabilities."""
+    images = keras.Input(shape=(None, None, 3), dtype="uint8", name="image")
+    probabilities = head(extractor(images, training=False))
+    return keras.Model(images, probabilities, name="image_classifier")
+
+
+def unfreeze_top(trunk: keras.Model, count: int) -> int:
+    """Make the last ``count`` weighted layers of ``trunk`` trainable; return how many were.
+
+    BatchNorm layers stay frozen: in Keras a frozen BatchNorm also runs in inference mode,
+    which is what fine-tuning on a small dataset needs.
+    """
+    trunk.trainable = True
+    weighted = [layer for layer in trunk.layers if layer.weights]
+    top = {id(layer) for layer in weighted[len(weighted) - count :]} if count > 0 else set()
+    unfrozen = 0
+    for layer in trunk.layers:
+        layer.trainable = id(layer) in top and not isinstance(layer, keras.layers.BatchNormalization)
+        unfrozen += int(layer.trainable and bool(layer.weights))
+    return unfrozen

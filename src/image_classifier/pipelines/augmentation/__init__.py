@@ -1,0 +1,4 @@
+"""augmentation pipeline."""
+from image_classifier.pipelines.augmentation.pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

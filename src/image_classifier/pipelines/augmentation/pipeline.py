@@ -1,0 +1,12 @@
+from kedro.pipeline import Pipeline, node
+
+from image_classifier.pipelines.augmentation.nodes import plan_views
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(plan_views, ["image_index", "params:augmentation"], "view_plan", name="plan_views"),
+        ],
+        tags="augmentation",
+    )

@@ -1,0 +1,118 @@
+"""Evaluation: the final raw-image model scored on the test split, with plots for people."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import keras
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI; must precede pyplot
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from image_classifier.config import BackboneParams, EvaluationParams, FeaturesParams, FineTuningParams
+from image_classifier.datasets import ImageFolder
+from image_classifier.loading import ViewLoader, iter_batches
+
+logger = logging.getLogger(__name__)
+
+
+def predict_test(
+    classifier_model: keras.Model,
+    image_index: pd.DataFrame,
+    raw_images: ImageFolder,
+    class_names: list[str],
+    backbone: dict[str, Any],
+    features: dict[str, Any],
+    evaluation: dict[str, Any],
+) -> pd.DataFrame:
+    """Test-split predictions of the final model: path, true label, predicted label, confidence."""
+    size = BackboneParams(**backbone).input_size
+    batch_size = EvaluationParams(**evaluation).batch_size
+    test = image_index.loc[image_index["split"] == "test"]
+    items = list(zip(test["path"], test["sha256"], [0] * len(test), strict=True))
+    batches = iter_batches(items, ViewLoader(raw_images, size), batch_size, FeaturesParams(**features).workers)
+    probabilities = np.concatenate([classifier_model.predict_on_batch(batch) for batch in batches])
+    return pd.DataFrame(
+        {
+            "path": test["path"].to_numpy(),
+            "label": test["label"].to_numpy(),
+            "predicted": [class_names[i] for i in probabilities.argmax(axis=1)],
+            "confidence": probabilities.max(axis=1),
+        }
+    )
+
+
+def score(
+    predictions: pd.DataFrame, class_names: list[str], fine_tuning: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Contract metrics of the final model, and a per-class report."""
+    truth, predicted = predictions["label"], predictions["predicted"]
+    accuracy = float(accuracy_score(truth, predicted))
+    macro_f1 = float(f1_score(truth, predicted, labels=class_names, average="macro", zero_division=0))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=class_names, zero_division=0
+    )
+    report = {
+        "accuracy": accuracy,
+        "macro_f1": macro_f1,
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True)
+        },
+    }
+    metrics = {
+        "test_accuracy": {"value": accuracy, "step": 0},
+        "test_macro_f1": {"value": macro_f1, "step": 0},
+    }
+    if FineTuningParams(**fine_tuning).enabled:
+        metrics["finetune.test_accuracy"] = {"value": accuracy, "step": 0}
+    logger.info("Final model on %d test images: accuracy %.4f, macro-F1 %.4f", len(predictions), accuracy, macro_f1)
+    return metrics, report
+
+
+def plot_confusion_matrix(predictions: pd.DataFrame, class_names: list[str]) -> plt.Figure:
+    matrix = confusion_matrix(predictions["label"], predictions["predicted"], labels=class_names)
+    size = 2 + 0.6 * len(class_names)
+    figure, axes = plt.subplots(figsize=(size + 1, size))
+    image = axes.imshow(matrix, cmap="Blues")
+    axes.set(
+        xticks=range(len(class_names)),
+        yticks=range(len(class_names)),
+        xlabel="predicted",
+        ylabel="true",
+        title=f"Test confusion matrix (accuracy {np.trace(matrix) / max(matrix.sum(), 1):.3f})",
+    )
+    axes.set_xticklabels(class_names, rotation=45, ha="right")
+    axes.set_yticklabels(class_names)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, column), count in np.ndenumerate(matrix):
+        axes.text(column, row, str(count), ha="center", va="center", color="white" if count > threshold else "black")
+    figure.colorbar(image, ax=axes)
+    figure.tight_layout()
+    return figure
+
+
+def plot_training_curves(head_history: dict[str, list[float]], finetune_history: dict[str, list[float]]) -> plt.Figure:
+    """Loss and accuracy per epoch; fine-tuning epochs continue after the head's."""
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
+    offset = len(head_history.get("loss", []))
+    for stage, history, start in (("head", head_history, 0), ("fine-tune", finetune_history, offset)):
+        for name, style in (("", "-"), ("val_", "--")):
+            for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+                values = history.get(f"{name}{metric}", [])
+                if values:
+                    axes.plot(range(start, start + len(values)), values, style, label=f"{stage} {name or 'train_'}{metric}")
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        axes.set(xlabel="epoch", ylabel=metric, title=metric)
+        axes.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def model_for_registry(classifier_model: keras.Model, class_names: list[str]) -> dict[str, Any]:
+    return {"model": classifier_model, "class_names": class_names}

@@ -1,0 +1,40 @@
+from kedro.pipeline import Pipeline, node
+
+from image_classifier.pipelines.evaluation.nodes import (
+    model_for_registry,
+    plot_confusion_matrix,
+    plot_training_curves,
+    predict_test,
+    score,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                predict_test,
+                [
+                    "classifier_model",
+                    "image_index",
+                    "raw_images",
+                    "class_names",
+                    "params:backbone",
+                    "params:features",
+                    "params:evaluation",
+                ],
+                "test_predictions",
+                name="predict_test",
+            ),
+            node(
+                score,
+                ["test_predictions", "class_names", "params:fine_tuning"],
+                ["evaluation_metrics", "classification_report"],
+                name="score",
+            ),
+            node(plot_confusion_matrix, ["test_predictions", "class_names"], "confusion_matrix_plot", name="plot_confusion_matrix"),
+            node(plot_training_curves, ["head_history", "finetune_history"], "training_curves_plot", name="plot_training_curves"),
+            node(model_for_registry, ["classifier_model", "class_names"], "registered_model", name="register_model"),
+        ],
+        tags="evaluation",
+    )

@@ -1,0 +1,132 @@
+"""Features: backbone features of every planned view and every val/test image, cached by content."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from image_classifier.augment import config_hash
+from image_classifier.backbones import get_spec, load_pretrained
+from image_classifier.config import AugmentationParams, BackboneParams, FeaturesParams
+from image_classifier.datasets import FeatureStore, ImageFolder
+from image_classifier.loading import ViewLoader, iter_batches
+from image_classifier.models import feature_extractor
+
+logger = logging.getLogger(__name__)
+
+# Features are written in shards of about this many vectors: a killed run loses at most one.
+_SHARD_VECTORS = 1024
+
+
+def cache_key(sha256: str, view: int, context: str, augmentation_hash: str) -> str:
+    """Everything that changes a feature vector, hashed. View 0 ignores the augmentation config."""
+    augmentation = augmentation_hash if view > 0 else "-"
+    return hashlib.sha256(f"{context}|{sha256}|{view}|{augmentation}".encode()).hexdigest()
+
+
+def backbone_context(backbone: BackboneParams, features: FeaturesParams) -> str:
+    spec = get_spec(backbone.name)
+    return f"{spec.name}|{spec.weights.sha256}|{backbone.input_size}|{features.engine}|{features.precision}"
+
+
+def _items(view_plan: pd.DataFrame, image_index: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    held_out = image_index.loc[image_index["split"] != "train", ["path", "label", "sha256", "split"]]
+    items = {"train": view_plan.assign(split="train")}
+    for split in ("validation", "test"):
+        items[split] = held_out.loc[held_out["split"] == split].assign(view=0)
+    return items
+
+
+def _compute_missing(
+    todo: list[tuple[str, str, int, str]],
+    store: FeatureStore,
+    raw: ImageFolder,
+    backbone: BackboneParams,
+    features: FeaturesParams,
+    augmentation: AugmentationParams,
+    seed: int,
+) -> None:
+    spec = get_spec(backbone.name)
+    trunk = load_pretrained(spec.name, backbone.input_size, backbone.cache_dir)
+    extractor = feature_extractor(trunk, spec, backbone.input_size)
+    size = backbone.input_size
+    # A fixed signature with a free batch dimension: the last, smaller batch reuses the trace.
+    forward = tf.function(
+        lambda images: extractor(images, training=False),
+        input_signature=[tf.TensorSpec((None, size, size, 3), tf.uint8)],
+    )
+    loader = ViewLoader(raw, size, tuple(t.model_dump() for t in augmentation.transforms), seed)
+    pending_keys: list[str] = []
+    pending_vectors: list[np.ndarray] = []
+    start = time.perf_counter()
+    with tqdm(total=len(todo), desc=f"features [{spec.name}@{size}]", unit="img") as bar:
+        batches = iter_batches([t[:3] for t in todo], loader, features.batch_size, features.workers)
+        for offset, batch in zip(range(0, len(todo), features.batch_size), batches, strict=True):
+            vectors = forward(tf.constant(batch)).numpy().astype(np.float32)
+            pending_keys += [t[3] for t in todo[offset : offset + len(batch)]]
+            pending_vectors.append(vectors)
+            if len(pending_keys) >= _SHARD_VECTORS:
+                store.append(pending_keys, np.concatenate(pending_vectors))
+                pending_keys, pending_vectors = [], []
+            bar.update(len(batch))
+    if pending_keys:
+        store.append(pending_keys, np.concatenate(pending_vectors))
+    elapsed = time.perf_counter() - start
+    logger.info("Features: computed %d in %.1f s (%.1f images/s)", len(todo), elapsed, len(todo) / elapsed)
+
+
+def compute_features(
+    view_plan: pd.DataFrame,
+    image_index: pd.DataFrame,
+    raw_images: ImageFolder,
+    feature_store: FeatureStore,
+    class_names: list[str],
+    backbone: dict[str, Any],
+    features: dict[str, Any],
+    augmentation: dict[str, Any],
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Serve each needed vector from the store, computing (and storing) only the missing ones.
+
+    Returns the train/validation/test feature sets and the ``features.*`` metrics.
+    """
+    backbone_params, features_params = BackboneParams(**backbone), FeaturesParams(**features)
+    augmentation_params = AugmentationParams(**augmentation)
+    context = backbone_context(backbone_params, features_params)
+    augmentation_hash = config_hash([t.model_dump() for t in augmentation_params.transforms])
+    items = _items(view_plan, image_index)
+    for frame in items.values():
+        frame["key"] = [
+            cache_key(sha, int(view), context, augmentation_hash)
+            for sha, view in zip(frame["sha256"], frame["view"], strict=True)
+        ]
+    everything = pd.concat(items.values(), ignore_index=True)
+    missing = everything.loc[~everything["key"].map(feature_store.__contains__)].drop_duplicates("key")
+    reused = int(everything["key"].drop_duplicates().map(feature_store.__contains__).sum())
+    logger.info("Features: %d unique vectors needed, %d served from cache, %d to compute", reused + len(missing), reused, len(missing))
+    if len(missing):
+        todo = list(zip(missing["path"], missing["sha256"], missing["view"].astype(int), missing["key"], strict=True))
+        _compute_missing(todo, feature_store, raw_images, backbone_params, features_params, augmentation_params, seed)
+
+    label_ids = {label: i for i, label in enumerate(class_names)}
+    sets = {
+        split: {
+            "features": feature_store.get_many(frame["key"].tolist()),
+            "labels": frame["label"].map(label_ids).to_numpy(dtype=np.int64),
+            "paths": frame["path"].tolist(),
+        }
+        for split, frame in items.items()
+    }
+    metrics = {
+        "features.computed": {"value": float(len(missing)), "step": 0},
+        "features.reused": {"value": float(reused), "step": 0},
+        "features.cache_bytes": {"value": float(feature_store.size_bytes()), "step": 0},
+    }
+    return sets["train"], sets["validation"], sets["test"], metrics

@@ -1,0 +1,27 @@
+from kedro.pipeline import Pipeline, node
+
+from image_classifier.pipelines.fine_tuning.nodes import fine_tune
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                fine_tune,
+                [
+                    "head_model",
+                    "image_index",
+                    "raw_images",
+                    "class_names",
+                    "params:backbone",
+                    "params:fine_tuning",
+                    "params:augmentation",
+                    "params:features",
+                    "params:seed",
+                ],
+                ["classifier_model", "finetune_metrics", "finetune_history"],
+                name="fine_tune",
+            ),
+        ],
+        tags="fine_tuning",
+    )

@@ -1,0 +1,61 @@
+"""MLflow glue: logging the final model as a pyfunc and registering it."""
+
+from __future__ import annotations
+
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema, TensorSpec
+
+import image_classifier
+from image_classifier.serving import ImageClassifierModel, probability_column
+
+REGISTERED_MODEL_NAME = "image_classifier"
+CHAMPION_ALIAS = "champion"
+
+# Named explicitly: letting MLflow infer requirements reloads the model in a subprocess,
+# which costs a TensorFlow import and a model load for every logged model.
+_SERVING_PACKAGES = ("tensorflow-cpu", "keras", "numpy", "pandas", "pillow", "mlflow")
+
+
+def model_signature(class_names: list[str]) -> ModelSignature:
+    """Raw uint8 images of any size in; a label and one probability per class out."""
+    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3), "image")])
+    outputs = Schema(
+        [ColSpec("string", "label")] + [ColSpec("double", probability_column(c)) for c in class_names]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _pinned(package: str) -> str:
+    try:
+        return f"{package}=={metadata.version(package)}"
+    except metadata.PackageNotFoundError:
+        return package
+
+
+def log_classifier(
+    model: keras.Model,
+    class_names: list[str],
+    name: str = "model",
+    registered_model_name: str | None = REGISTERED_MODEL_NAME,
+) -> mlflow.models.model.ModelInfo:
+    """Log ``model`` in the active run as a pyfunc (and register it when a name is given)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        keras_path = Path(scratch) / "classifier.keras"
+        model.save(keras_path)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=ImageClassifierModel(),
+            artifacts={"keras_model": str(keras_path)},
+            model_config={"class_names": list(class_names)},
+            code_paths=[str(Path(image_classifier.__file__).parent)],
+            signature=model_signature(class_names),
+            pip_requirements=[_pinned(p) for p in _SERVING_PACKAGES],
+            registered_model_name=registered_model_name,
+        )
