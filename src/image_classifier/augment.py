@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from typing import Any
 
 import albumentations as A
@@ -24,9 +25,15 @@ def build_compose(transforms: list[dict[str, Any]]) -> A.Compose:
         if not (isinstance(transform_class, type) and issubclass(transform_class, A.BasicTransform)):
             raise AugmentationConfigError(f"{where}: albumentations has no transform named {name!r}")
         try:
-            built.append(transform_class(**params))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                built.append(transform_class(**params))
         except Exception as error:  # albumentations raises TypeError or pydantic's ValidationError
             raise AugmentationConfigError(f"{where}: invalid params {params}: {error}") from None
+        # albumentations only warns about a misspelt argument, then ignores it: refuse instead.
+        misspelt = [str(w.message) for w in caught if "not valid for transform" in str(w.message)]
+        if misspelt:
+            raise AugmentationConfigError(f"{where}: invalid params {params}: {misspelt[0]}")
     return A.Compose(built)
 
 

@@ -9,7 +9,6 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 
-
 def decode_rgb(data: bytes) -> np.ndarray:
     """Bytes of any common image file → upright RGB uint8 array (H, W, 3)."""
     with Image.open(io.BytesIO(data)) as image:

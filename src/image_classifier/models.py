@@ -14,7 +14,9 @@ from image_classifier.backbones import BackboneSpec
 def feature_extractor(trunk: keras.Model, spec: BackboneSpec, input_size: int) -> keras.Model:
     """Raw uint8 images → pooled backbone features (batch, feature_dim)."""
     images = keras.Input(shape=(None, None, 3), dtype="uint8", name="image")
-    x = keras.layers.Resizing(input_size, input_size, interpolation="bilinear", antialias=True, name="resize")(images)
+    x = keras.layers.Resizing(
+        input_size, input_size, interpolation="bilinear", antialias=True, name="resize"
+    )(images)
     # One affine layer does /255 and the ImageNet mean/std at once.
     x = keras.layers.Normalization(
         mean=[255.0 * m for m in spec.mean],
@@ -50,16 +52,18 @@ def full_classifier(extractor: keras.Model, head: keras.Model) -> keras.Model:
 
 
 def unfreeze_top(trunk: keras.Model, count: int) -> int:
-    """Make the last ``count`` weighted layers of ``trunk`` trainable; return how many were.
+    """Make the last ``count`` convolution layers of ``trunk`` trainable; return how many were.
 
     BatchNorm layers stay frozen: in Keras a frozen BatchNorm also runs in inference mode,
     which is what fine-tuning on a small dataset needs.
     """
     trunk.trainable = True
-    weighted = [layer for layer in trunk.layers if layer.weights]
-    top = {id(layer) for layer in weighted[len(weighted) - count :]} if count > 0 else set()
-    unfrozen = 0
+    convolutions = [
+        layer
+        for layer in trunk.layers
+        if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    top = {id(layer) for layer in convolutions[len(convolutions) - count :]} if count > 0 else set()
     for layer in trunk.layers:
-        layer.trainable = id(layer) in top and not isinstance(layer, keras.layers.BatchNormalization)
-        unfrozen += int(layer.trainable and bool(layer.weights))
-    return unfrozen
+        layer.trainable = id(layer) in top
+    return len(top)

@@ -25,8 +25,8 @@ def predictions_frame(probabilities: np.ndarray, class_names: list[str]) -> pd.D
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):
     """Serves a Keras model that takes raw RGB uint8 batches (N, H, W, 3) of any H and W."""
 
-    # The tensor signature validates the input; MLflow's type-hint validation would only
-    # warn that ndarray hints are unsupported.
+    # The tensor signature validates the input; MLflow's type-hint validation supports no
+    # ndarray hints, so ``predict`` has none and this opts out of the check.
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
@@ -36,7 +36,7 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
         self._class_names = list(context.model_config["class_names"])
         self._batch_size = int(context.model_config.get("batch_size", 32))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, context, model_input, params=None):
         images = np.asarray(model_input)
         if images.ndim == 3:
             images = images[None]

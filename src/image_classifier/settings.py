@@ -16,5 +16,7 @@ CONFIG_LOADER_ARGS = {
     "custom_resolvers": {"oc.env": oc.env},
 }
 
-# Kedro and kedro-mlflow call an OmegaConf API that warns on every run; nothing for users to do.
+# Kedro and kedro-mlflow call an OmegaConf API that warns on every run, and kedro-mlflow's own
+# pyfunc class trips MLflow's type-hint advice on import; nothing for users to act on.
 warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
+warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 import image_classifier
-from image_classifier.serving import ImageClassifierModel, probability_column
+from image_classifier.serving import probability_column
 
 REGISTERED_MODEL_NAME = "image_classifier"
 CHAMPION_ALIAS = "champion"
@@ -25,7 +26,7 @@ _SERVING_PACKAGES = ("tensorflow-cpu", "keras", "numpy", "pandas", "pillow", "ml
 
 def model_signature(class_names: list[str]) -> ModelSignature:
     """Raw uint8 images of any size in; a label and one probability per class out."""
-    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3), "image")])
+    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))])
     outputs = Schema(
         [ColSpec("string", "label")] + [ColSpec("double", probability_column(c)) for c in class_names]
     )
@@ -46,15 +47,20 @@ def log_classifier(
     registered_model_name: str | None = REGISTERED_MODEL_NAME,
 ) -> mlflow.models.model.ModelInfo:
     """Log ``model`` in the active run as a pyfunc (and register it when a name is given)."""
-    with tempfile.TemporaryDirectory() as scratch:
+    package = Path(image_classifier.__file__).parent
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+        # An input example would be the natural fix, but logging one fails for this model
+        # (MLflow writes it before its folder exists); the signature documents the input.
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
         keras_path = Path(scratch) / "classifier.keras"
         model.save(keras_path)
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=ImageClassifierModel(),
+            # Models from code: MLflow runs this file at load time instead of unpickling.
+            python_model=str(package / "pyfunc_model.py"),
             artifacts={"keras_model": str(keras_path)},
             model_config={"class_names": list(class_names)},
-            code_paths=[str(Path(image_classifier.__file__).parent)],
+            code_paths=[str(package)],
             signature=model_signature(class_names),
             pip_requirements=[_pinned(p) for p in _SERVING_PACKAGES],
             registered_model_name=registered_model_name,

@@ -31,15 +31,28 @@ def _name(torch_prefix: str) -> str:
     return torch_prefix.replace(".", "_")
 
 
-def _conv_bn(x, filters: int, kernel: int, stride: int, prefix: str, *, groups_dw: bool = False, relu: bool = True):
+def _conv_bn(
+    x, filters: int, kernel: int, stride: int, prefix: str, *, groups_dw: bool = False, relu: bool = True
+):
     """torchvision's ConvBNReLU (conv at ``prefix.0``, BN at ``prefix.1``), symmetric padding."""
     if kernel > 1:
         x = keras.layers.ZeroPadding2D((kernel - 1) // 2, name=_name(prefix) + "_pad")(x)
     if groups_dw:
-        x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="valid", use_bias=False, name=_name(prefix + ".0") + "_dwconv")(x)
+        x = keras.layers.DepthwiseConv2D(
+            kernel, strides=stride, padding="valid", use_bias=False, name=_name(prefix + ".0") + "_dwconv"
+        )(x)
     else:
-        x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="valid", use_bias=False, name=_name(prefix + ".0") + "_conv")(x)
-    x = keras.layers.BatchNormalization(epsilon=_BN_EPS, momentum=_BN_MOMENTUM, name=_name(prefix + ".1") + "_bn")(x)
+        x = keras.layers.Conv2D(
+            filters,
+            kernel,
+            strides=stride,
+            padding="valid",
+            use_bias=False,
+            name=_name(prefix + ".0") + "_conv",
+        )(x)
+    x = keras.layers.BatchNormalization(
+        epsilon=_BN_EPS, momentum=_BN_MOMENTUM, name=_name(prefix + ".1") + "_bn"
+    )(x)
     if relu:
         x = keras.layers.ReLU(max_value=6.0, name=_name(prefix) + "_relu6")(x)
     return x
@@ -64,8 +77,12 @@ def build(input_size: int | None = None) -> keras.Model:
                 x = _conv_bn(x, hidden, 1, 1, f"{prefix}.0")
                 layer = 1
             x = _conv_bn(x, hidden, 3, stride, f"{prefix}.{layer}", groups_dw=True)
-            x = keras.layers.Conv2D(out_channels, 1, use_bias=False, name=_name(f"{prefix}.{layer + 1}") + "_conv")(x)
-            x = keras.layers.BatchNormalization(epsilon=_BN_EPS, momentum=_BN_MOMENTUM, name=_name(f"{prefix}.{layer + 2}") + "_bn")(x)
+            x = keras.layers.Conv2D(
+                out_channels, 1, use_bias=False, name=_name(f"{prefix}.{layer + 1}") + "_conv"
+            )(x)
+            x = keras.layers.BatchNormalization(
+                epsilon=_BN_EPS, momentum=_BN_MOMENTUM, name=_name(f"{prefix}.{layer + 2}") + "_bn"
+            )(x)
             if stride == 1 and in_channels == out_channels:
                 x = keras.layers.Add(name=f"features_{index}_add")([block_in, x])
             in_channels = out_channels

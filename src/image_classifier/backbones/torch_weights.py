@@ -88,9 +88,7 @@ class _StateDictUnpickler(pickle.Unpickler):
             return _rebuild_tensor
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(_STORAGE_DTYPES[name])
-        raise UnsafeWeightsError(
-            f"refusing to load global {module}.{name}: not part of a plain state_dict"
-        )
+        raise UnsafeWeightsError(f"refusing to load global {module}.{name}: not part of a plain state_dict")
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):

@@ -42,8 +42,7 @@ class ImageFolderDataset(AbstractDataset[None, ImageFolder]):
         files = sorted(
             path.relative_to(self._path).as_posix()
             for path in self._path.rglob("*")
-            if path.is_file()
-            and not any(part.startswith(".") for part in path.relative_to(self._path).parts)
+            if path.is_file() and not any(part.startswith(".") for part in path.relative_to(self._path).parts)
         )
         return ImageFolder(self._path, tuple(files))
 

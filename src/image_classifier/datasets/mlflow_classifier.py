@@ -30,9 +30,7 @@ class MlflowClassifierDataset(AbstractDataset[dict[str, Any], None]):
     def save(self, data: dict[str, Any]) -> None:
         if mlflow.active_run() is None:
             return
-        tracking.log_classifier(
-            data["model"], data["class_names"], self._name, self._registered_model_name
-        )
+        tracking.log_classifier(data["model"], data["class_names"], self._name, self._registered_model_name)
 
     def load(self) -> dict[str, Any]:
         raise DatasetError("load the registered model with mlflow.pyfunc.load_model")

@@ -1,4 +1,5 @@
 """augmentation pipeline."""
+
 from image_classifier.pipelines.augmentation.pipeline import create_pipeline
 
 __all__ = ["create_pipeline"]

@@ -35,7 +35,9 @@ def predict_test(
     batch_size = EvaluationParams(**evaluation).batch_size
     test = image_index.loc[image_index["split"] == "test"]
     items = list(zip(test["path"], test["sha256"], [0] * len(test), strict=True))
-    batches = iter_batches(items, ViewLoader(raw_images, size), batch_size, FeaturesParams(**features).workers)
+    batches = iter_batches(
+        items, ViewLoader(raw_images, size), batch_size, FeaturesParams(**features).workers
+    )
     probabilities = np.concatenate([classifier_model.predict_on_batch(batch) for batch in batches])
     return pd.DataFrame(
         {
@@ -71,7 +73,9 @@ def score(
     }
     if FineTuningParams(**fine_tuning).enabled:
         metrics["finetune.test_accuracy"] = {"value": accuracy, "step": 0}
-    logger.info("Final model on %d test images: accuracy %.4f, macro-F1 %.4f", len(predictions), accuracy, macro_f1)
+    logger.info(
+        "Final model on %d test images: accuracy %.4f, macro-F1 %.4f", len(predictions), accuracy, macro_f1
+    )
     return metrics, report
 
 
@@ -91,13 +95,17 @@ def plot_confusion_matrix(predictions: pd.DataFrame, class_names: list[str]) -> 
     axes.set_yticklabels(class_names)
     threshold = matrix.max() / 2 if matrix.size else 0
     for (row, column), count in np.ndenumerate(matrix):
-        axes.text(column, row, str(count), ha="center", va="center", color="white" if count > threshold else "black")
+        axes.text(
+            column, row, str(count), ha="center", va="center", color="white" if count > threshold else "black"
+        )
     figure.colorbar(image, ax=axes)
     figure.tight_layout()
     return figure
 
 
-def plot_training_curves(head_history: dict[str, list[float]], finetune_history: dict[str, list[float]]) -> plt.Figure:
+def plot_training_curves(
+    head_history: dict[str, list[float]], finetune_history: dict[str, list[float]]
+) -> plt.Figure:
     """Loss and accuracy per epoch; fine-tuning epochs continue after the head's."""
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
     offset = len(head_history.get("loss", []))
@@ -106,10 +114,16 @@ def plot_training_curves(head_history: dict[str, list[float]], finetune_history:
             for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
                 values = history.get(f"{name}{metric}", [])
                 if values:
-                    axes.plot(range(start, start + len(values)), values, style, label=f"{stage} {name or 'train_'}{metric}")
+                    axes.plot(
+                        range(start, start + len(values)),
+                        values,
+                        style,
+                        label=f"{stage} {name or 'train_'}{metric}",
+                    )
     for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
         axes.set(xlabel="epoch", ylabel=metric, title=metric)
-        axes.legend(fontsize="small")
+        if axes.lines:
+            axes.legend(fontsize="small")
     figure.tight_layout()
     return figure
 

@@ -32,9 +32,24 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["evaluation_metrics", "classification_report"],
                 name="score",
             ),
-            node(plot_confusion_matrix, ["test_predictions", "class_names"], "confusion_matrix_plot", name="plot_confusion_matrix"),
-            node(plot_training_curves, ["head_history", "finetune_history"], "training_curves_plot", name="plot_training_curves"),
-            node(model_for_registry, ["classifier_model", "class_names"], "registered_model", name="register_model"),
+            node(
+                plot_confusion_matrix,
+                ["test_predictions", "class_names"],
+                "confusion_matrix_plot",
+                name="plot_confusion_matrix",
+            ),
+            node(
+                plot_training_curves,
+                ["head_history", "finetune_history"],
+                "training_curves_plot",
+                name="plot_training_curves",
+            ),
+            node(
+                model_for_registry,
+                ["classifier_model", "class_names"],
+                "registered_model",
+                name="register_model",
+            ),
         ],
         tags="evaluation",
     )

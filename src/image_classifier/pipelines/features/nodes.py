@@ -110,10 +110,19 @@ def compute_features(
     everything = pd.concat(items.values(), ignore_index=True)
     missing = everything.loc[~everything["key"].map(feature_store.__contains__)].drop_duplicates("key")
     reused = int(everything["key"].drop_duplicates().map(feature_store.__contains__).sum())
-    logger.info("Features: %d unique vectors needed, %d served from cache, %d to compute", reused + len(missing), reused, len(missing))
+    logger.info(
+        "Features: %d unique vectors needed, %d served from cache, %d to compute",
+        reused + len(missing),
+        reused,
+        len(missing),
+    )
     if len(missing):
-        todo = list(zip(missing["path"], missing["sha256"], missing["view"].astype(int), missing["key"], strict=True))
-        _compute_missing(todo, feature_store, raw_images, backbone_params, features_params, augmentation_params, seed)
+        todo = list(
+            zip(missing["path"], missing["sha256"], missing["view"].astype(int), missing["key"], strict=True)
+        )
+        _compute_missing(
+            todo, feature_store, raw_images, backbone_params, features_params, augmentation_params, seed
+        )
 
     label_ids = {label: i for i, label in enumerate(class_names)}
     sets = {

@@ -1,4 +1,5 @@
 """fine_tuning pipeline."""
+
 from image_classifier.pipelines.fine_tuning.pipeline import create_pipeline
 
 __all__ = ["create_pipeline"]

@@ -19,7 +19,9 @@ from image_classifier.pipelines.training.nodes import history_metrics, seed_ever
 logger = logging.getLogger(__name__)
 
 
-def _split(image_index: pd.DataFrame, split: str, class_names: list[str]) -> tuple[list[str], list[str], np.ndarray]:
+def _split(
+    image_index: pd.DataFrame, split: str, class_names: list[str]
+) -> tuple[list[str], list[str], np.ndarray]:
     rows = image_index.loc[image_index["split"] == split]
     label_ids = {label: i for i, label in enumerate(class_names)}
     return rows["path"].tolist(), rows["sha256"].tolist(), rows["label"].map(label_ids).to_numpy(np.int64)
@@ -52,14 +54,22 @@ def fine_tune(
     transforms = tuple(t.model_dump() for t in AugmentationParams(**augmentation).transforms)
     size = backbone_params.input_size
     train = AugmentedImages(
-        ViewLoader(raw_images, size, transforms, seed), *_split(image_index, "train", class_names),
-        batch_size=params.batch_size, seed=seed, workers=workers,
+        ViewLoader(raw_images, size, transforms, seed),
+        *_split(image_index, "train", class_names),
+        batch_size=params.batch_size,
+        seed=seed,
+        workers=workers,
     )
     validation = AugmentedImages(
-        ViewLoader(raw_images, size), *_split(image_index, "validation", class_names),
-        batch_size=params.batch_size, seed=seed, workers=workers,
+        ViewLoader(raw_images, size),
+        *_split(image_index, "validation", class_names),
+        batch_size=params.batch_size,
+        seed=seed,
+        workers=workers,
     )
-    schedule = keras.optimizers.schedules.CosineDecay(params.learning_rate, decay_steps=len(train) * params.epochs)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        params.learning_rate, decay_steps=len(train) * params.epochs
+    )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss="sparse_categorical_crossentropy",
@@ -70,7 +80,9 @@ def fine_tune(
         train,
         validation_data=validation,
         epochs=params.epochs,
-        callbacks=[keras.callbacks.EarlyStopping("val_loss", patience=params.patience, restore_best_weights=True)],
+        callbacks=[
+            keras.callbacks.EarlyStopping("val_loss", patience=params.patience, restore_best_weights=True)
+        ],
         verbose=2,
     )
     val_accuracy = float(model.evaluate(validation, verbose=0, return_dict=True)["accuracy"])

@@ -84,7 +84,9 @@ def _hash_split(sha256: str, seed: int, split: SplitParams) -> str:
     return "train"
 
 
-def index_images(raw: ImageFolder, split: dict[str, Any], seed: int, workers: int = 4) -> tuple[pd.DataFrame, dict[str, Any]]:
+def index_images(
+    raw: ImageFolder, split: dict[str, Any], seed: int, workers: int = 4
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Validate every raw file and build the image index and the ingestion report."""
     split_params = SplitParams(**split)
     has_splits = _layout(raw.files, str(raw.root))
@@ -108,7 +110,9 @@ def index_images(raw: ImageFolder, split: dict[str, Any], seed: int, workers: in
     for copies in by_hash.values():
         labels = sorted({c.label for c in copies})
         if len(labels) > 1:
-            rejected += [{"path": c.path, "reason": f"label conflict: same image filed under {labels}"} for c in copies]
+            rejected += [
+                {"path": c.path, "reason": f"label conflict: same image filed under {labels}"} for c in copies
+            ]
             continue
         # One copy survives; keeping the most held-out one means a duplicate can never leak
         # a test image into training.

@@ -54,7 +54,9 @@ def train_head(
         epochs=params.epochs,
         batch_size=params.batch_size,
         shuffle=True,
-        callbacks=[keras.callbacks.EarlyStopping("val_loss", patience=params.patience, restore_best_weights=True)],
+        callbacks=[
+            keras.callbacks.EarlyStopping("val_loss", patience=params.patience, restore_best_weights=True)
+        ],
         verbose=2,
     )
     scores = {

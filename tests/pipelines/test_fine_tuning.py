@@ -1,0 +1,48 @@
+import keras
+import numpy as np
+import pytest
+
+from image_classifier.datasets import ImageFolderDataset
+from image_classifier.models import classifier_head
+from image_classifier.pipelines.fine_tuning.nodes import fine_tune
+from image_classifier.pipelines.ingestion.nodes import class_names, index_images
+
+AUGMENTATION = {"views": 2, "transforms": [{"name": "HorizontalFlip", "params": {"p": 0.5}}]}
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_demo, tmp_path_factory):
+    raw = ImageFolderDataset(str(tiny_demo)).load()
+    index, _ = index_images(raw, {"validation": 0.1, "test": 0.1}, seed=0)
+    backbone = {"name": "mobilenet_v2", "input_size": 64, "cache_dir": str(tmp_path_factory.mktemp("w"))}
+    return raw, index, class_names(index), backbone
+
+
+def _run(inputs, enabled):
+    raw, index, names, backbone = inputs
+    head = classifier_head(1280, len(names), 0.2, seed=1)
+    tuning = {"enabled": enabled, "epochs": 1, "unfreeze_layers": 5, "learning_rate": 1e-4, "batch_size": 8}
+    return fine_tune(head, index, raw, names, backbone, tuning, AUGMENTATION, {"workers": 2}, 0)
+
+
+def test_disabled_returns_the_untrained_raw_image_model(inputs):
+    model, metrics, history = _run(inputs, enabled=False)
+    assert metrics == {} and history == {}
+    # Raw uint8 photos of any size go straight in: preprocessing is part of the model.
+    for shape in ((1, 120, 90, 3), (2, 50, 70, 3)):
+        probabilities = model.predict(np.zeros(shape, np.uint8), verbose=0)
+        assert probabilities.shape == (shape[0], 3)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_enabled_trains_only_top_layers_and_keeps_batchnorm_frozen(inputs):
+    model, metrics, history = _run(inputs, enabled=True)
+    assert 0.0 <= metrics["finetune.val_accuracy"]["value"] <= 1.0
+    assert [p["step"] for p in metrics["finetune.history.loss"]] == [0]
+    trunk = model.get_layer("mobilenet_v2_features").get_layer("mobilenet_v2")
+    trainable = [layer for layer in trunk.layers if layer.trainable and layer.weights]
+    assert 0 < len(trainable) <= 5
+    assert not any(
+        isinstance(layer, keras.layers.BatchNormalization) and layer.trainable for layer in trunk.layers
+    )
+    assert not trunk.get_layer("features_0_0_conv").trainable  # the stem stays frozen
