@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import struct
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from omegaconf import OmegaConf
 from PIL import Image
 
 from image_classifier.datasets import ImageFolder
@@ -46,6 +55,29 @@ def write_photo(path: Path, seed: int, size: tuple[int, int] = (48, 40), **save_
     return path
 
 
+def encode(image: Image.Image, fmt: str = "PNG", **save_args) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save_args)
+    return buffer.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` × ``height``: what a decompression bomb looks like
+    before it is decoded. Its pixel data is far too short for that size."""
+    data = bytearray(encode(Image.new("L", (8, 8))))
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    return bytes(data)
+
+
+def exif_rotated_jpeg(width: int, height: int) -> bytes:
+    """A landscape JPEG whose EXIF orientation (6) says it must be shown rotated to portrait."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(Image.new("RGB", (width, height), (200, 30, 30)), "JPEG", exif=exif)
+
+
 @pytest.fixture
 def make_folder(tmp_path):
     """Build an ImageFolder of generated photos: ``{relative path: seed}``."""
@@ -57,3 +89,38 @@ def make_folder(tmp_path):
         return ImageFolder(root, tuple(sorted(files)))
 
     return build
+
+
+def scratch_project(root: Path, raw_images: Path | None = None) -> Path:
+    """A copy of the project's config under ``root``, so that runs write nowhere in the checkout."""
+    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
+    (root / "src").mkdir()  # Kedro insists on it; the package itself is installed in the venv
+    if raw_images is not None:
+        shutil.copytree(raw_images, root / "data" / "01_raw" / "images")
+    return root
+
+
+@contextmanager
+def tracked(project: Path) -> Iterator[mlflow.MlflowClient]:
+    """Run from ``project`` with MLflow on a sqlite store inside it; yields a client of that store."""
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_ARTIFACT_LOCATION", str(project / "mlruns"))
+        patch.chdir(project)
+        yield mlflow.MlflowClient(uri)
+
+
+def run_session(project: Path, pipeline: str = "__default__", **dotted) -> None:
+    """Like ``kedro run --pipelines P --params "a.b=v,..."``, which nests dotted keys the same way."""
+    params = OmegaConf.to_container(OmegaConf.from_dotlist([f"{k}={v}" for k, v in dotted.items()]))
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, runtime_params=params) as session:
+        session.run(pipeline_names=[pipeline])
+
+
+def latest_run(client: mlflow.MlflowClient) -> mlflow.entities.Run:
+    experiment = client.get_experiment_by_name("image_classifier")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])[0]

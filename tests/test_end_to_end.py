@@ -1,16 +1,11 @@
 """``__default__`` in a real Kedro session, with a real sqlite MLflow store, on real photos."""
 
-import shutil
-
 import mlflow
 import numpy as np
 import pytest
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
-from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import PROJECT_ROOT
+from conftest import latest_run, run_session, scratch_project, tracked
 
 RUN_PARAMS = {
     "backbone.input_size": 96,
@@ -22,43 +17,22 @@ RUN_PARAMS = {
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_demo):
-    """A scratch copy of the project's config, so runs write nowhere in the checkout."""
-    root = tmp_path_factory.mktemp("project")
-    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
-    (root / "src").mkdir()  # Kedro insists on it; the package itself is installed in the venv
-    shutil.copytree(tiny_demo, root / "data" / "01_raw" / "images")
-    return root
+    return scratch_project(tmp_path_factory.mktemp("project"), tiny_demo)
 
 
 @pytest.fixture(scope="module")
 def tracking(project):
-    uri = f"sqlite:///{project / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("MLFLOW_ARTIFACT_LOCATION", str(project / "mlruns"))
-        patch.chdir(project)
-        yield mlflow.MlflowClient(uri)
+    with tracked(project) as client:
+        yield client
 
 
 def _run(project, **extra):
-    """Like ``kedro run --params "a.b=v,..."``, which nests dotted keys the same way."""
-    dotted = {**RUN_PARAMS, **extra}
-    params = OmegaConf.to_container(OmegaConf.from_dotlist([f"{k}={v}" for k, v in dotted.items()]))
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project, runtime_params=params) as session:
-        session.run()
-
-
-def _latest_run(client):
-    experiment = client.get_experiment_by_name("image_classifier")
-    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])[0]
+    run_session(project, **{**RUN_PARAMS, **extra})
 
 
 def test_default_pipeline_tracks_everything_and_registers_the_model(project, tracking):
     _run(project)
-    run = _latest_run(tracking)
+    run = latest_run(tracking)
     metrics = run.data.metrics
     for name in (
         "head.val_accuracy",
@@ -89,7 +63,7 @@ def test_default_pipeline_tracks_everything_and_registers_the_model(project, tra
 
 def test_second_run_reuses_every_feature(project, tracking):
     _run(project, **{"fine_tuning.enabled": False})
-    metrics = _latest_run(tracking).data.metrics
+    metrics = latest_run(tracking).data.metrics
     assert metrics["features.computed"] == 0
     assert metrics["features.reused"] == 96
     assert "finetune.test_accuracy" not in metrics and "test_macro_f1" in metrics

@@ -1,6 +1,7 @@
 """image_classifier: transfer-learning image classification with Kedro and MLflow."""
 
 import os
+import warnings
 
 # Offline by design: no update checks or telemetry calls at import or run time.
 for _name, _value in {
@@ -11,5 +12,8 @@ for _name, _value in {
     "TF_CPP_MIN_LOG_LEVEL": "2",
 }.items():
     os.environ.setdefault(_name, _value)
+
+# Kedro and kedro-mlflow call an OmegaConf API that warns on every run; nothing for users to do.
+warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
 
 __version__ = "0.1.0"

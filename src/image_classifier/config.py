@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from image_classifier.errors import ProjectError
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -24,6 +26,14 @@ class SplitParams(_Strict):
         if self.validation + self.test >= 1.0:
             raise ValueError("split.validation + split.test must be below 1 to leave training images")
         return self
+
+
+class IngestionParams(_Strict):
+    min_side: int = Field(32, ge=1, description="images with a shorter side (px) are rejected as too small")
+    max_pixels: int = Field(
+        64_000_000, ge=1, description="images with more pixels are rejected before decoding (bomb guard)"
+    )
+    workers: int = Field(4, ge=1, description="threads reading and decoding files")
 
 
 class TransformParams(_Strict):
@@ -74,6 +84,7 @@ class Parameters(_Strict):
     seed: int = 42
     raw_images_dir: str = "data/01_raw/images"
     split: SplitParams = SplitParams()
+    ingestion: IngestionParams = IngestionParams()
     augmentation: AugmentationParams = AugmentationParams()
     backbone: BackboneParams = BackboneParams()
     features: FeaturesParams = FeaturesParams()
@@ -82,7 +93,7 @@ class Parameters(_Strict):
     evaluation: EvaluationParams = EvaluationParams()
 
 
-class ParameterError(ValueError):
+class ParameterError(ProjectError):
     """Raised before any work starts when the parameters are wrong."""
 
 

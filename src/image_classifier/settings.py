@@ -1,7 +1,5 @@
 """Project settings: https://docs.kedro.org/en/stable/configure/configuration_basics/"""
 
-import warnings
-
 from omegaconf.resolvers import oc
 
 from image_classifier.hooks import StageTimerHook, ValidateParametersHook
@@ -15,8 +13,3 @@ CONFIG_LOADER_ARGS = {
     # oc.env lets mlflow.yml honour MLFLOW_TRACKING_URI; Kedro only enables it for credentials.
     "custom_resolvers": {"oc.env": oc.env},
 }
-
-# Kedro and kedro-mlflow call an OmegaConf API that warns on every run, and kedro-mlflow's own
-# pyfunc class trips MLflow's type-hint advice on import; nothing for users to act on.
-warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
-warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)

@@ -12,7 +12,7 @@ AUGMENTATION = {"views": 2, "transforms": [{"name": "HorizontalFlip", "params": 
 @pytest.fixture(scope="module")
 def inputs(tiny_demo):
     raw = ImageFolderDataset(str(tiny_demo)).load()
-    index, _ = index_images(raw, {"validation": 0.1, "test": 0.1}, seed=0)
+    index, _ = index_images(raw, {"validation": 0.1, "test": 0.1}, {}, seed=0)
     return raw, index, plan_views(index, AUGMENTATION), class_names(index)
 
 

@@ -13,7 +13,7 @@ AUGMENTATION = {"views": 2, "transforms": [{"name": "HorizontalFlip", "params": 
 @pytest.fixture(scope="module")
 def inputs(tiny_demo, tmp_path_factory):
     raw = ImageFolderDataset(str(tiny_demo)).load()
-    index, _ = index_images(raw, {"validation": 0.1, "test": 0.1}, seed=0)
+    index, _ = index_images(raw, {"validation": 0.1, "test": 0.1}, {}, seed=0)
     backbone = {"name": "mobilenet_v2", "input_size": 64, "cache_dir": str(tmp_path_factory.mktemp("w"))}
     return raw, index, class_names(index), backbone
 

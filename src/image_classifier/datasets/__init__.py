@@ -1,7 +1,8 @@
-"""Project-specific Kedro datasets: raw image folders, the feature store, the MLflow model."""
+"""Project-specific Kedro datasets: raw image folders, the image index, the feature store, the MLflow model."""
 
 from image_classifier.datasets.feature_store import FeatureStore, FeatureStoreDataset
-from image_classifier.datasets.image_folder import ImageFolder, ImageFolderDataset
+from image_classifier.datasets.image_folder import ImageFolder, ImageFolderDataset, RawFolderError
+from image_classifier.datasets.image_index import ImageIndexDataset, index_digest
 from image_classifier.datasets.mlflow_classifier import MlflowClassifierDataset
 
 __all__ = [
@@ -9,5 +10,8 @@ __all__ = [
     "FeatureStoreDataset",
     "ImageFolder",
     "ImageFolderDataset",
+    "ImageIndexDataset",
     "MlflowClassifierDataset",
+    "RawFolderError",
+    "index_digest",
 ]

@@ -8,6 +8,12 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
+from image_classifier.errors import ProjectError
+
+
+class RawFolderError(ProjectError):
+    """The raw image folder is missing or is not a folder."""
+
 
 @dataclass(frozen=True)
 class ImageFolder:
@@ -34,7 +40,7 @@ class ImageFolderDataset(AbstractDataset[None, ImageFolder]):
 
     def load(self) -> ImageFolder:
         if not self._path.is_dir():
-            raise DatasetError(
+            raise RawFolderError(
                 f"raw image folder {self._path} does not exist. Put images in "
                 f"{self._path}/<class>/<file> (or <split>/<class>/<file>), run `make data` for the "
                 "demo set, or pass `kedro run --params raw_images_dir=<folder>`."

@@ -1,4 +1,8 @@
-"""Ingestion: turn a raw photo folder into a validated, split image index."""
+"""Ingestion: turn a raw photo folder into a validated, split image index and a report.
+
+Every file ends up either in the index (decodable, upright RGB) or in the report with a reason;
+nothing is silently dropped and nothing in the raw folder is written.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,28 @@ import hashlib
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from image_classifier.config import SplitParams
-from image_classifier.datasets import ImageFolder
-from image_classifier.images import decode_rgb
+from image_classifier.config import IngestionParams, SplitParams
+from image_classifier.datasets import ImageFolder, index_digest
+from image_classifier.errors import ProjectError
+from image_classifier.images import UnusableImage, decode_rgb
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
+# The most held-out split first: a duplicate is kept there, so a test image never trains.
+_HELD_OUT_ORDER = {"test": 0, "validation": 1, "train": 2}
 INDEX_COLUMNS = ["path", "label", "split", "sha256", "width", "height"]
 
 
-class IngestionError(ValueError):
+class IngestionError(ProjectError):
     """The raw folder cannot be turned into a training set."""
 
 
@@ -33,143 +40,269 @@ class _Inspected:
     path: str
     label: str
     split: str | None
-    sha256: str
+    sha256: str = ""
     width: int = 0
     height: int = 0
     reason: str | None = None
 
 
-def _layout(files: tuple[str, ...], root: str) -> bool:
-    """True when files sit in ``<split>/<class>/<file>``, False for ``<class>/<file>``."""
-    depths = Counter(len(PurePosixPath(f).parts) for f in files)
+def _name_problem(relative: str) -> str | None:
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:
+        return "unreadable name: not valid UTF-8"
+    if any(ord(char) < 32 or ord(char) == 127 for char in relative):
+        return "unreadable name: contains control characters"
+    return None
+
+
+def _printable(relative: str) -> str:
+    """A name that survives JSON and CSV even when the file system's bytes are not UTF-8."""
+    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _layout(files: tuple[str, ...], root: str) -> tuple[bool, list[_Inspected]]:
+    """Whether files sit in ``<split>/<class>/<file>``; plus files that fit neither layout."""
     if not files:
-        raise IngestionError(f"{root}: no files found; expected <class>/<file> or <split>/<class>/<file>")
-    if set(depths) == {2}:
-        return False
-    if set(depths) == {3}:
-        unknown = sorted({PurePosixPath(f).parts[0] for f in files} - set(_SPLIT_ALIASES))
+        raise IngestionError(
+            f"{root}: no image files found. Put photos in {root}/<class>/<file> "
+            f"(or {root}/<split>/<class>/<file>), or pass --params raw_images_dir=<folder>"
+        )
+    stray, placed = [], []
+    for relative in files:
+        depth = len(PurePosixPath(relative).parts)
+        if depth == 1:
+            stray.append(_Inspected(relative, "", None, reason="stray file: not inside a class folder"))
+        elif depth > 3:
+            stray.append(
+                _Inspected(relative, "", None, reason="stray file: nested deeper than <split>/<class>")
+            )
+        else:
+            placed.append(relative)
+    depths = Counter(len(PurePosixPath(f).parts) for f in placed)
+    if not placed:
+        raise IngestionError(f"{root}: no files inside class folders; expected <class>/<file>")
+    if set(depths) == {2, 3}:
+        examples = [next(f for f in placed if len(PurePosixPath(f).parts) == d) for d in (2, 3)]
+        raise IngestionError(
+            f"{root}: mixed layouts: {depths[2]} files sit in <class>/<file> (e.g. {examples[0]}) and "
+            f"{depths[3]} in <split>/<class>/<file> (e.g. {examples[1]}). Use one layout for everything"
+        )
+    has_splits = 3 in depths
+    if has_splits:
+        unknown = sorted({PurePosixPath(f).parts[0] for f in placed} - set(_SPLIT_ALIASES))
         if unknown:
             raise IngestionError(
-                f"{root}: split folders {unknown} are not recognised; use train, validation (or val), test"
+                f"{root}: split folders {unknown} are not recognised; name them train, validation "
+                "(or val) and test, or use <class>/<file> and let split.validation / split.test decide"
             )
-        return True
-    raise IngestionError(
-        f"{root}: mixed layouts (files at depths {sorted(depths)}); use either <class>/<file> "
-        "for everything or <split>/<class>/<file> for everything"
-    )
+    return has_splits, stray
 
 
-def _inspect(raw: ImageFolder, relative: str, has_splits: bool) -> _Inspected:
+def _inspect(raw: ImageFolder, relative: str, has_splits: bool, limits: IngestionParams) -> _Inspected:
     parts = PurePosixPath(relative).parts
-    split = _SPLIT_ALIASES[parts[0]] if has_splits else None
-    label = parts[-2]
+    item = _Inspected(relative, parts[-2], _SPLIT_ALIASES[parts[0]] if has_splits else None)
+    if problem := _name_problem(relative):
+        return replace(item, path=_printable(relative), label=_printable(item.label), reason=problem)
     data = raw.read_bytes(relative)
-    sha = hashlib.sha256(data).hexdigest()
+    item = replace(item, sha256=hashlib.sha256(data).hexdigest())
     if not data:
-        return _Inspected(relative, label, split, sha, reason="empty file")
+        return replace(item, reason="empty file: zero bytes")
     try:
-        image = decode_rgb(data)
-    except Exception as error:  # PIL raises many types for bad files; each becomes a reason
-        return _Inspected(relative, label, split, sha, reason=f"not a readable image: {error}")
-    return _Inspected(relative, label, split, sha, width=image.shape[1], height=image.shape[0])
+        image = decode_rgb(data, max_pixels=limits.max_pixels)
+    except UnusableImage as error:
+        return replace(item, reason=str(error))
+    height, width = image.shape[:2]
+    if min(height, width) < limits.min_side:
+        return replace(
+            item, reason=f"too small: {width}x{height} px, below ingestion.min_side = {limits.min_side}"
+        )
+    return replace(item, width=width, height=height)
 
 
-def _hash_split(sha256: str, seed: int, split: SplitParams) -> str:
-    """Assign a split from the content hash alone: stable under reordering and new files."""
-    draw = int(hashlib.sha256(f"{seed}:{sha256}".encode()).hexdigest()[:12], 16) / 16**12
-    if draw < split.test:
-        return "test"
-    if draw < split.test + split.validation:
-        return "validation"
+def _hash_draw(sha256: str, seed: int) -> float:
+    return int(hashlib.sha256(f"{seed}:{sha256}".encode()).hexdigest()[:13], 16) / 16**13
+
+
+def _hash_split(sha256: str, seed: int, held_out: dict[str, float]) -> str:
+    """A split from the content hash alone: independent of listing order, machine and other files.
+
+    Each image's draw is uniform and independent of its class, so every class is split in the
+    same proportions (stratified in expectation) and adding images never moves an existing one.
+    """
+    draw, edge = _hash_draw(sha256, seed), 0.0
+    for split_name, fraction in held_out.items():
+        edge += fraction
+        if draw < edge:
+            return split_name
     return "train"
 
 
-def index_images(
-    raw: ImageFolder, split: dict[str, Any], seed: int, workers: int = 4
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Validate every raw file and build the image index and the ingestion report."""
-    split_params = SplitParams(**split)
-    has_splits = _layout(raw.files, str(raw.root))
-    with ThreadPoolExecutor(workers) as pool:
-        inspected = list(
-            tqdm(
-                pool.map(lambda f: _inspect(raw, f, has_splits), raw.files),
-                total=len(raw.files),
-                desc="ingestion",
-                unit="img",
-            )
-        )
-    rejected = [{"path": i.path, "reason": i.reason} for i in inspected if i.reason]
-    good = [i for i in inspected if not i.reason]
-
-    accepted: list[_Inspected] = []
+def _deduplicate(good: list[_Inspected]) -> tuple[list[_Inspected], list[_Inspected]]:
+    """Keep one copy of each content hash; copies under different labels are all rejected."""
     by_hash: dict[str, list[_Inspected]] = {}
     for item in good:
         by_hash.setdefault(item.sha256, []).append(item)
-    split_rank = {"test": 0, "validation": 1, "train": 2, None: 3}
+    kept, dropped = [], []
     for copies in by_hash.values():
         labels = sorted({c.label for c in copies})
         if len(labels) > 1:
-            rejected += [
-                {"path": c.path, "reason": f"label conflict: same image filed under {labels}"} for c in copies
-            ]
+            where = ", ".join(sorted(c.path for c in copies))
+            reason = f"label conflict: the same image is filed under {labels} ({where})"
+            dropped += [replace(c, reason=reason) for c in copies]
             continue
-        # One copy survives; keeping the most held-out one means a duplicate can never leak
-        # a test image into training.
-        keep = min(copies, key=lambda c: (split_rank[c.split], c.path))
-        accepted.append(keep)
-        rejected += [{"path": c.path, "reason": f"duplicate of {keep.path}"} for c in copies if c is not keep]
+        keep = min(copies, key=lambda c: (_HELD_OUT_ORDER.get(c.split or "train"), c.path))
+        kept.append(keep)
+        for copy in copies:
+            if copy is not keep:
+                where = "across splits" if copy.split != keep.split else "within class"
+                dropped.append(replace(copy, reason=f"duplicate {where}: same content as {keep.path}"))
+    return kept, dropped
 
+
+def _assign_splits(items: list[_Inspected], seed: int, split: SplitParams) -> list[_Inspected]:
+    if all(i.split is None for i in items):
+        return [
+            replace(
+                i, split=_hash_split(i.sha256, seed, {"test": split.test, "validation": split.validation})
+            )
+            for i in items
+        ]
+    # Split folders are respected; a held-out split the user did not provide is carved out of
+    # train by the same content hash, so it too stays put when images are added.
+    missing = {s: getattr(split, s) for s in ("test", "validation") if not any(i.split == s for i in items)}
+    if missing:
+        logger.info("No %s folder: holding out %s of train by content hash", sorted(missing), missing)
+    return [
+        replace(i, split=_hash_split(i.sha256, seed, missing)) if i.split == "train" and missing else i
+        for i in items
+    ]
+
+
+def index_images(
+    raw: ImageFolder, split: dict[str, Any], ingestion: dict[str, Any], seed: int
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Validate every raw file and build the image index and the ingestion report."""
+    split_params, limits = SplitParams(**split), IngestionParams(**ingestion)
+    root = str(raw.root)
+    has_splits, stray = _layout(raw.files, root)
+    stray_paths = {s.path for s in stray}
+    placed = [f for f in raw.files if f not in stray_paths]
+    with ThreadPoolExecutor(limits.workers) as pool:
+        inspected = list(
+            tqdm(
+                pool.map(lambda f: _inspect(raw, f, has_splits, limits), placed),
+                total=len(placed),
+                desc="ingestion",
+                unit="file",
+            )
+        )
+    good = [i for i in inspected if not i.reason]
+    kept, duplicates = _deduplicate(good)
+    rejected = [
+        *({"path": _printable(i.path), "reason": i.reason} for i in stray),
+        *({"path": i.path, "reason": i.reason} for i in inspected if i.reason),
+        *({"path": i.path, "reason": i.reason} for i in duplicates),
+    ]
     rows = [
         {
-            "path": item.path,
-            "label": item.label,
-            "split": item.split or _hash_split(item.sha256, seed, split_params),
-            "sha256": item.sha256,
-            "width": item.width,
-            "height": item.height,
+            "path": i.path,
+            "label": i.label,
+            "split": i.split,
+            "sha256": i.sha256,
+            "width": i.width,
+            "height": i.height,
         }
-        for item in accepted
+        for i in _assign_splits(kept, seed, split_params)
     ]
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS).sort_values("path", ignore_index=True)
-    _check_usable(index, str(raw.root))
-    report = _report(index, sorted(rejected, key=lambda r: r["path"]))
-    logger.info(
-        "Ingestion: %d accepted, %d rejected; %s",
-        len(index),
-        len(rejected),
-        ", ".join(f"{s}={n}" for s, n in report["counts_per_split"].items()),
-    )
+    _check_usable(index, root, has_splits, split_params)
+    report = _report(index, sorted(rejected, key=lambda r: r["path"]), root, has_splits)
+    logger.info(_summary(report))
     return index, report
 
 
-def _check_usable(index: pd.DataFrame, root: str) -> None:
+def _check_usable(index: pd.DataFrame, root: str, has_splits: bool, split: SplitParams) -> None:
+    if index.empty:
+        raise IngestionError(
+            f"{root}: none of the files is a usable image; see the rejected files in the log"
+        )
     labels = sorted(index["label"].unique())
     if len(labels) < 2:
-        raise IngestionError(f"{root}: found {len(labels)} class(es) {labels}; a classifier needs at least 2")
-    for split_name in ("train", "validation", "test"):
-        present = set(index.loc[index["split"] == split_name, "label"])
-        missing = sorted(set(labels) - present)
-        if missing:
-            raise IngestionError(
-                f"{root}: split {split_name!r} has no images of {missing}; add images to those "
-                "classes or change split.validation / split.test"
+        raise IngestionError(
+            f"{root}: only one class ({labels[0]!r}) has usable images; a classifier needs at least "
+            "two class folders"
+        )
+    counts = (
+        index.groupby(["label", "split"]).size().unstack(fill_value=0).reindex(columns=SPLITS, fill_value=0)
+    )
+    short = {label: row for label, row in counts.iterrows() if (row == 0).any()}
+    if not short:
+        return
+    problems = []
+    for label, row in short.items():
+        empty = [s for s in SPLITS if row[s] == 0]
+        if has_splits:
+            problems.append(f"class {label!r} has no images in {empty}")
+        else:
+            smallest = min(split.validation, split.test) or 1.0
+            problems.append(
+                f"class {label!r} has {int(row.sum())} usable images and none landed in {empty}; "
+                f"a split of {split.validation} / {split.test} needs about {int(3 / smallest)} per class"
             )
+    raise IngestionError(
+        f"{root}: every class needs images in train, validation and test:\n  - "
+        + "\n  - ".join(problems)
+        + "\nAdd images to those classes, change split.validation / split.test, or provide split folders."
+    )
 
 
-def _report(index: pd.DataFrame, rejected: list[dict[str, str]]) -> dict[str, Any]:
-    per_class = index.groupby(["label", "split"]).size().unstack(fill_value=0)
-    train_counts = index.loc[index["split"] == "train", "label"].value_counts()
+def _reason_kind(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
+def _report(
+    index: pd.DataFrame, rejected: list[dict[str, str]], root: str, has_splits: bool
+) -> dict[str, Any]:
+    counts = (
+        index.groupby(["label", "split"]).size().unstack(fill_value=0).reindex(columns=SPLITS, fill_value=0)
+    )
+    train = counts["train"]
     return {
+        "raw_images_dir": root,
+        "layout": "<split>/<class>/<file>" if has_splits else "<class>/<file>",
+        "dataset_digest": index_digest(index),
         "accepted": len(index),
         "rejected": len(rejected),
-        "counts_per_split": {s: int((index["split"] == s).sum()) for s in SPLITS},
-        "counts_per_class": {
-            label: {s: int(per_class.loc[label].get(s, 0)) for s in SPLITS} for label in per_class.index
+        "rejected_by_reason": dict(sorted(Counter(_reason_kind(r["reason"]) for r in rejected).items())),
+        "counts_per_split": {s: int(counts[s].sum()) for s in SPLITS},
+        "counts_per_class": {label: {s: int(row[s]) for s in SPLITS} for label, row in counts.iterrows()},
+        "imbalance": {
+            # Largest over smallest training class: 1 is balanced; above ~3 consider class weights.
+            "ratio": round(float(train.max() / max(train.min(), 1)), 3),
+            "largest_class": str(train.idxmax()),
+            "smallest_class": str(train.idxmin()),
+            "train_share": {label: round(float(n / train.sum()), 4) for label, n in train.items()},
         },
-        "imbalance_ratio": float(train_counts.max() / train_counts.min()) if len(train_counts) else 0.0,
         "rejected_files": rejected,
     }
+
+
+def _summary(report: dict[str, Any]) -> str:
+    lines = [
+        f"Ingestion of {report['raw_images_dir']} ({report['layout']}): "
+        f"{report['accepted']} accepted, {report['rejected']} rejected",
+        "  per split: " + ", ".join(f"{s} {n}" for s, n in report["counts_per_split"].items()),
+        f"  classes: {len(report['counts_per_class'])}; imbalance {report['imbalance']['ratio']} "
+        f"({report['imbalance']['largest_class']} / {report['imbalance']['smallest_class']})",
+    ]
+    if report["rejected_by_reason"]:
+        lines.append("  rejected: " + ", ".join(f"{k} {n}" for k, n in report["rejected_by_reason"].items()))
+        lines += [f"    {r['path']}: {r['reason']}" for r in report["rejected_files"][:10]]
+        if report["rejected"] > 10:
+            lines.append(f"    … {report['rejected'] - 10} more in data/08_reporting/ingestion_report.json")
+    lines.append(f"  dataset digest: {report['dataset_digest']}")
+    return "\n".join(lines)
 
 
 def class_names(index: pd.DataFrame) -> list[str]:

@@ -8,7 +8,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 index_images,
-                ["raw_images", "params:split", "params:seed"],
+                ["raw_images", "params:split", "params:ingestion", "params:seed"],
                 ["image_index", "ingestion_report"],
                 name="index_images",
             ),
