@@ -10,8 +10,10 @@ from typing import Any
 import albumentations as A
 import numpy as np
 
+from image_classifier.errors import ProjectError
 
-class AugmentationConfigError(ValueError):
+
+class AugmentationConfigError(ProjectError):
     """A transform in ``augmentation.transforms`` cannot be built."""
 
 

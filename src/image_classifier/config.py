@@ -54,7 +54,9 @@ class BackboneParams(_Strict):
 
 class FeaturesParams(_Strict):
     engine: Literal["tensorflow"] = "tensorflow"
-    precision: Literal["fp32"] = "fp32"
+    precision: Literal["fp32", "fp16"] = Field(
+        "fp32", description="how cached vectors are stored; fp16 halves the cache, computing stays fp32"
+    )
     batch_size: int = Field(64, ge=1)
     workers: int = Field(2, ge=1, description="threads decoding and augmenting ahead of the backbone")
 

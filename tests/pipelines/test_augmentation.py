@@ -3,7 +3,9 @@ import pandas as pd
 import pytest
 
 from image_classifier.augment import AugmentationConfigError, apply_view, build_compose, view_seed
-from image_classifier.pipelines.augmentation.nodes import plan_views
+from image_classifier.datasets import ImageFolderDataset
+from image_classifier.pipelines.augmentation.nodes import plan_views, preview_views
+from image_classifier.pipelines.ingestion.nodes import index_images
 
 TRANSFORMS = [
     {"name": "HorizontalFlip", "params": {"p": 0.5}},
@@ -52,3 +54,15 @@ def test_views_are_reproducible_and_view_zero_is_plain():
     assert not np.array_equal(first, image)
     assert apply_view(build_compose(TRANSFORMS), image, seed, 0) is image
     assert view_seed(42, "abc", 1) != view_seed(42, "abc", 2) != view_seed(43, "abc", 2)
+
+
+def test_preview_shows_one_image_per_class_with_its_views(tiny_demo):
+    raw = ImageFolderDataset(str(tiny_demo)).load()
+    index, _ = index_images(raw, {"validation": 0.1, "test": 0.1}, {}, seed=0)
+    augmentation = {"views": 3, "transforms": [{"name": "HorizontalFlip", "params": {"p": 1.0}}]}
+    figure = preview_views(plan_views(index, augmentation), raw, {"input_size": 64}, augmentation, seed=0)
+    axes = np.array(figure.axes).reshape(3, 3)
+    assert [a.get_ylabel() for a in axes[:, 0]] == ["dress", "hat", "pants"]
+    assert [a.get_title() for a in axes[0]] == ["plain (view 0)", "view 1", "view 2"]
+    plain, flipped = (axes[0][v].get_images()[0].get_array() for v in (0, 1))
+    np.testing.assert_array_equal(np.asarray(flipped), np.asarray(plain)[:, ::-1])

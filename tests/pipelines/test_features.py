@@ -1,22 +1,32 @@
+import os
+import shutil
+
 import numpy as np
 import pytest
 
-from image_classifier.datasets import FeatureStoreDataset, ImageFolderDataset
+from conftest import write_photo
+from image_classifier.config import BackboneParams, FeaturesParams
+from image_classifier.datasets import FeatureStoreDataset, ImageFolderDataset, feature_store
 from image_classifier.pipelines.augmentation.nodes import plan_views
-from image_classifier.pipelines.features.nodes import compute_features
+from image_classifier.pipelines.features import nodes
+from image_classifier.pipelines.features.nodes import backbone_context, cache_key, compute_features
 from image_classifier.pipelines.ingestion.nodes import class_names, index_images
 
 AUGMENTATION = {"views": 2, "transforms": [{"name": "HorizontalFlip", "params": {"p": 1.0}}]}
 
 
-@pytest.fixture(scope="module")
-def inputs(tiny_demo):
-    raw = ImageFolderDataset(str(tiny_demo)).load()
+def _inputs(folder):
+    raw = ImageFolderDataset(str(folder)).load()
     index, _ = index_images(raw, {"validation": 0.1, "test": 0.1}, {}, seed=0)
     return raw, index, plan_views(index, AUGMENTATION), class_names(index)
 
 
-def _run(inputs, store_dir, weights_dir, input_size=64, augmentation=AUGMENTATION):
+@pytest.fixture(scope="module")
+def inputs(tiny_demo):
+    return _inputs(tiny_demo)
+
+
+def _run(inputs, store_dir, weights_dir, input_size=64, augmentation=AUGMENTATION, precision="fp32"):
     raw, index, plan, names = inputs
     return compute_features(
         plan,
@@ -25,10 +35,27 @@ def _run(inputs, store_dir, weights_dir, input_size=64, augmentation=AUGMENTATIO
         FeatureStoreDataset(str(store_dir)).load(),
         names,
         {"name": "mobilenet_v2", "input_size": input_size, "cache_dir": str(weights_dir)},
-        {"batch_size": 16, "workers": 2},
+        {"batch_size": 16, "workers": 2, "precision": precision},
         augmentation,
         42,
     )
+
+
+def test_every_key_field_changes_the_key():
+    context = backbone_context(BackboneParams(input_size=96), FeaturesParams())
+    base = cache_key("a" * 64, 1, context, "aug1")
+    variants = [
+        cache_key("b" * 64, 1, context, "aug1"),  # image content
+        cache_key("a" * 64, 2, context, "aug1"),  # view index
+        cache_key("a" * 64, 1, context, "aug2"),  # augmentation config
+        cache_key("a" * 64, 1, backbone_context(BackboneParams(input_size=128), FeaturesParams()), "aug1"),
+        cache_key("a" * 64, 1, backbone_context(BackboneParams(), FeaturesParams(precision="fp16")), "aug1"),
+    ]
+    assert len({base, *variants}) == 1 + len(variants)
+    # Backbone name and weights hash are in the context string that every key hashes.
+    assert context.startswith("mobilenet_v2|b03531047ffacf1e") and "|96|" in context
+    # The plain view does not depend on the augmentation config: changing it keeps view 0 cached.
+    assert cache_key("a" * 64, 0, context, "aug1") == cache_key("a" * 64, 0, context, "aug2")
 
 
 def test_second_run_computes_nothing_and_returns_the_same_features(inputs, tmp_path):
@@ -58,3 +85,46 @@ def test_changed_input_size_recomputes_everything(inputs, tmp_path):
     _run(inputs, tmp_path / "store", tmp_path / "weights", input_size=64)
     _, _, _, metrics = _run(inputs, tmp_path / "store", tmp_path / "weights", input_size=96)
     assert metrics["features.reused"]["value"] == 0 and metrics["features.computed"]["value"] == 96
+
+
+def test_new_images_compute_only_their_views(inputs, tiny_demo, tmp_path):
+    _run(inputs, tmp_path / "store", tmp_path / "weights")
+    grown = tmp_path / "grown"
+    shutil.copytree(tiny_demo, grown)
+    for i in range(3):
+        write_photo(grown / "train" / "hat" / f"new{i}.png", seed=500 + i, size=(80, 96))
+    _, _, _, metrics = _run(_inputs(grown), tmp_path / "store", tmp_path / "weights")
+    assert metrics["features.computed"]["value"] == 3 * AUGMENTATION["views"]
+    assert metrics["features.reused"]["value"] == 96
+
+
+def test_a_killed_run_is_finished_by_the_next_one(inputs, tmp_path, monkeypatch):
+    monkeypatch.setattr(nodes, "_SHARD_VECTORS", 16)
+    renames: list[str] = []
+    real_replace = feature_store.os.replace
+
+    def dies_on_third_shard(source, target):
+        if os.path.basename(target).startswith("shard-"):
+            renames.append(target)
+        if len(renames) == 3:
+            raise KeyboardInterrupt("killed")
+        real_replace(source, target)
+
+    monkeypatch.setattr(feature_store.os, "replace", dies_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        _run(inputs, tmp_path / "store", tmp_path / "weights")
+    monkeypatch.setattr(feature_store.os, "replace", real_replace)
+    train, _, _, metrics = _run(inputs, tmp_path / "store", tmp_path / "weights")
+    assert metrics["features.reused"]["value"] == 32  # the two shards that were renamed
+    assert metrics["features.computed"]["value"] == 96 - 32
+    clean_train, _, _, _ = _run(inputs, tmp_path / "clean", tmp_path / "weights")
+    np.testing.assert_allclose(train["features"], clean_train["features"], rtol=1e-5, atol=1e-6)
+
+
+def test_fp16_precision_halves_the_cache_and_keeps_the_features(inputs, tmp_path):
+    train32, _, _, metrics32 = _run(inputs, tmp_path / "fp32", tmp_path / "weights")
+    train16, _, _, metrics16 = _run(inputs, tmp_path / "fp16", tmp_path / "weights", precision="fp16")
+    assert train16["features"].dtype == np.float32  # widened again for training
+    np.testing.assert_allclose(train16["features"], train32["features"], rtol=2e-3, atol=2e-3)
+    ratio = metrics16["features.cache_bytes"]["value"] / metrics32["features.cache_bytes"]["value"]
+    assert 0.45 < ratio < 0.6

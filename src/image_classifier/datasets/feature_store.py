@@ -8,6 +8,8 @@ same value, which is harmless.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -18,6 +20,8 @@ from kedro.io import AbstractDataset, DatasetError
 
 _SHARD_GLOB = "shard-*.npz"
 
+logger = logging.getLogger(__name__)
+
 
 class FeatureStore:
     """Lookup and append of ``key → vector`` under ``root``."""
@@ -26,9 +30,32 @@ class FeatureStore:
         self.root = root
         self._where: dict[str, tuple[Path, int]] = {}
         for shard in sorted(root.glob(_SHARD_GLOB)):
+            keys = self._readable_keys(shard)
+            for row, key in enumerate(keys):
+                self._where.setdefault(key, (shard, row))
+
+    @staticmethod
+    def _readable_keys(shard: Path) -> list[str]:
+        """A shard's keys, or none if any part of it fails to read back whole.
+
+        Renames never leave a half shard, but a disk can: such a shard is set aside (not deleted:
+        it is derived data, but someone may want to look) and its vectors are simply recomputed.
+        """
+        try:
+            # Reading every member makes zipfile check each one's CRC.
             with np.load(shard) as contents:
-                for row, key in enumerate(contents["keys"].tolist()):
-                    self._where.setdefault(key, (shard, row))
+                keys, vectors = contents["keys"], contents["features"]
+            if keys.ndim != 1 or vectors.ndim != 2 or len(keys) != len(vectors):
+                raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")
+        except Exception as error:  # zipfile, numpy and OS errors all mean "unreadable"
+            aside = shard.with_name(f".corrupt-{shard.name}")
+            logger.warning(
+                "Feature shard %s is unreadable (%s); moved to %s, recomputing", shard, error, aside
+            )
+            with contextlib.suppress(FileNotFoundError):  # another run set it aside first
+                shard.replace(aside)
+            return []
+        return keys.tolist()
 
     def __contains__(self, key: str) -> bool:
         return key in self._where

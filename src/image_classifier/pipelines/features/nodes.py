@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 # Features are written in shards of about this many vectors: a killed run loses at most one.
 _SHARD_VECTORS = 1024
+_STORED_DTYPE = {"fp32": np.float32, "fp16": np.float16}
 
 
 def cache_key(sha256: str, view: int, context: str, augmentation_hash: str) -> str:
@@ -44,15 +46,8 @@ def _items(view_plan: pd.DataFrame, image_index: pd.DataFrame) -> dict[str, pd.D
     return items
 
 
-def _compute_missing(
-    todo: list[tuple[str, str, int, str]],
-    store: FeatureStore,
-    raw: ImageFolder,
-    backbone: BackboneParams,
-    features: FeaturesParams,
-    augmentation: AugmentationParams,
-    seed: int,
-) -> None:
+def backbone_forward(backbone: BackboneParams) -> Callable[[np.ndarray], np.ndarray]:
+    """The pretrained feature extractor as one traced function: uint8 batch → float32 vectors."""
     spec = get_spec(backbone.name)
     trunk = load_pretrained(spec.name, backbone.input_size, backbone.cache_dir)
     extractor = feature_extractor(trunk, spec, backbone.input_size)
@@ -62,16 +57,31 @@ def _compute_missing(
         lambda images: extractor(images, training=False),
         input_signature=[tf.TensorSpec((None, size, size, 3), tf.uint8)],
     )
-    loader = ViewLoader(raw, size, tuple(t.model_dump() for t in augmentation.transforms), seed)
+    return lambda batch: forward(tf.constant(batch)).numpy()
+
+
+def _compute_missing(
+    todo: list[tuple[str, str, int, str]],
+    store: FeatureStore,
+    raw: ImageFolder,
+    backbone: BackboneParams,
+    features: FeaturesParams,
+    augmentation: AugmentationParams,
+    seed: int,
+) -> None:
+    forward = backbone_forward(backbone)
+    dtype = _STORED_DTYPE[features.precision]
+    loader = ViewLoader(
+        raw, backbone.input_size, tuple(t.model_dump() for t in augmentation.transforms), seed
+    )
     pending_keys: list[str] = []
     pending_vectors: list[np.ndarray] = []
     start = time.perf_counter()
-    with tqdm(total=len(todo), desc=f"features [{spec.name}@{size}]", unit="img") as bar:
+    with tqdm(total=len(todo), desc=f"features [{backbone.name}@{backbone.input_size}]", unit="img") as bar:
         batches = iter_batches([t[:3] for t in todo], loader, features.batch_size, features.workers)
         for offset, batch in zip(range(0, len(todo), features.batch_size), batches, strict=True):
-            vectors = forward(tf.constant(batch)).numpy().astype(np.float32)
             pending_keys += [t[3] for t in todo[offset : offset + len(batch)]]
-            pending_vectors.append(vectors)
+            pending_vectors.append(forward(batch).astype(dtype))
             if len(pending_keys) >= _SHARD_VECTORS:
                 store.append(pending_keys, np.concatenate(pending_vectors))
                 pending_keys, pending_vectors = [], []
@@ -127,7 +137,8 @@ def compute_features(
     label_ids = {label: i for i, label in enumerate(class_names)}
     sets = {
         split: {
-            "features": feature_store.get_many(frame["key"].tolist()),
+            # fp16 saves disk; the head trains in fp32 either way.
+            "features": feature_store.get_many(frame["key"].tolist()).astype(np.float32, copy=False),
             "labels": frame["label"].map(label_ids).to_numpy(dtype=np.int64),
             "paths": frame["path"].tolist(),
         }

@@ -1,0 +1,278 @@
+"""Feature-cache benchmark: how close feature caching runs to the backbone's own speed, and what the
+cache saves. Prints figures; asserts nothing (correctness is the tests' job).
+
+    .venv/bin/python benchmarks/feature_cache.py            # demo data, default parameters
+    .venv/bin/python benchmarks/feature_cache.py --fraction 0.2   # a quicker look on a subset
+
+Figures, with the parameters in conf/base (backbone, input size, views, batch size, workers):
+  (a) backbone-only images/s on pre-decoded, pre-resized tensors
+  (b) end-to-end feature caching images/s, cold (decode + resize + augment + backbone + write)
+  (c) b / a
+  (d) warm re-run time, and its speed-up over cold
+  (e) incremental time for 5% new images, as a fraction of cold
+  (f) peak RSS of a cold run on N images and on 4N images
+  (g) one head epoch on cached features vs. one epoch of end-to-end training with the frozen
+      backbone and online augmentation
+Cold runs and RSS runs each happen in a fresh process on a fresh cache; nothing is written to the
+project's own cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from kedro.config import OmegaConfigLoader
+
+from image_classifier import settings
+from image_classifier.backbones import get_spec, load_pretrained
+from image_classifier.config import BackboneParams, FeaturesParams, TrainingParams
+from image_classifier.datasets import FeatureStoreDataset, ImageFolderDataset
+from image_classifier.loading import AugmentedImages, ViewLoader
+from image_classifier.models import classifier_head, feature_extractor, full_classifier
+from image_classifier.pipelines.augmentation.nodes import plan_views
+from image_classifier.pipelines.features.nodes import backbone_forward, compute_features
+from image_classifier.pipelines.ingestion.nodes import class_names, index_images
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _params() -> dict[str, Any]:
+    loader = OmegaConfigLoader(str(ROOT / "conf"), **settings.CONFIG_LOADER_ARGS)
+    return loader["parameters"]
+
+
+def _raw_folder() -> Path:
+    candidates = [
+        ROOT / "data/01_raw/images",
+        Path(os.environ.get("DEMO_DATA_DIR", "/nonexistent")),
+        ROOT.parent / "shared/datasets/clothing-small",
+    ]
+    for folder in candidates:
+        if folder.is_dir() and any(folder.iterdir()):
+            return folder
+    sys.exit("no demo data: run `make data` or set DEMO_DATA_DIR")
+
+
+def _inputs(params: dict[str, Any], fraction: float):
+    """The pipeline's own ingestion and view plan, on the images whose hash falls under ``fraction``.
+
+    Selecting by content hash means the 95% subset is contained in the 100% set, as when 5% new
+    images arrive.
+    """
+    raw = ImageFolderDataset(str(_raw_folder())).load()
+    index, _ = index_images(raw, params["split"], params["ingestion"], params["seed"])
+    index = index[index["sha256"].map(lambda sha: int(sha[:8], 16) / 16**8 < fraction)]
+    return raw, index, plan_views(index, params["augmentation"]), class_names(index)
+
+
+def _compute(params: dict[str, Any], store: Path, fraction: float):
+    raw, index, plan, names = _inputs(params, fraction)
+    start = time.perf_counter()
+    train, validation, test, metrics = compute_features(
+        plan,
+        index,
+        raw,
+        FeatureStoreDataset(str(store)).load(),
+        names,
+        params["backbone"],
+        params["features"],
+        params["augmentation"],
+        params["seed"],
+    )
+    seconds = time.perf_counter() - start
+    return seconds, metrics, (train, validation, test, names, index, raw)
+
+
+def child(store: str, fraction: float) -> None:
+    """One caching run in this fresh process; prints its figures as JSON on the last line."""
+    seconds, metrics, _ = _compute(_params(), Path(store), fraction)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    figures = {k.split(".")[1]: v["value"] for k, v in metrics.items()}
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kb / 1024, **figures}))
+
+
+def _in_child(store: Path, fraction: float) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", str(store), str(fraction)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode:
+        sys.exit(f"child run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def backbone_only(params: dict[str, Any], raw, index) -> float:
+    """(a) images/s of the pipeline's own traced backbone on tensors already in memory."""
+    backbone, features = BackboneParams(**params["backbone"]), FeaturesParams(**params["features"])
+    forward = backbone_forward(backbone)
+    loader = ViewLoader(raw, backbone.input_size)
+    rows = index.head(features.batch_size * 4)
+    images = np.stack([loader(p, s, 0) for p, s in zip(rows["path"], rows["sha256"], strict=True)])
+    batches = [images[i : i + features.batch_size] for i in range(0, len(images), features.batch_size)]
+    forward(batches[0])  # trace and warm up
+    start, done = time.perf_counter(), 0
+    for _ in range(3):
+        for batch in batches:
+            forward(batch)
+            done += len(batch)
+    return done / (time.perf_counter() - start)
+
+
+def head_vs_end_to_end(params: dict[str, Any], cached, sample_batches: int = 8) -> dict[str, float]:
+    """(g) one head epoch on cached views vs. one frozen-backbone epoch with online augmentation.
+
+    The end-to-end epoch is timed on ``sample_batches`` batches after a warm-up and scaled to the
+    training set: its cost is linear in images, and a full epoch would take minutes.
+    """
+    train, validation, _, names, index, raw = cached
+    training = TrainingParams(**params["training"])
+    backbone, features = BackboneParams(**params["backbone"]), FeaturesParams(**params["features"])
+
+    def compiled(model):
+        model.compile(keras.optimizers.Adam(training.learning_rate), "sparse_categorical_crossentropy")
+        return model
+
+    head = compiled(classifier_head(train["features"].shape[1], len(names), training.dropout, params["seed"]))
+    timer = _Timer()
+    head.fit(
+        train["features"],
+        train["labels"],
+        epochs=3,
+        batch_size=training.batch_size,
+        verbose=0,
+        callbacks=[timer],
+    )
+    head_epoch = min(timer.epochs[1:])  # the first epoch also traces
+
+    spec = get_spec(backbone.name)
+    extractor = feature_extractor(
+        load_pretrained(spec.name, backbone.input_size, backbone.cache_dir), spec, backbone.input_size
+    )
+    extractor.trainable = False
+    model = compiled(
+        full_classifier(
+            extractor, classifier_head(extractor.output_shape[-1], len(names), 0.2, params["seed"])
+        )
+    )
+    rows = index[index["split"] == "train"]
+    label_ids = {n: i for i, n in enumerate(names)}
+    loader = ViewLoader(raw, backbone.input_size, tuple(params["augmentation"]["transforms"]), params["seed"])
+    sample = AugmentedImages(
+        loader,
+        rows["path"].tolist()[: training.batch_size * (sample_batches + 1)],
+        rows["sha256"].tolist()[: training.batch_size * (sample_batches + 1)],
+        rows["label"].map(label_ids).to_numpy(),
+        training.batch_size,
+        params["seed"],
+        features.workers,
+    )
+    timer = _Timer()
+    model.fit(sample, epochs=1, verbose=0, callbacks=[timer])
+    # The first batch also traces; the rest are steady state.
+    per_image = sum(timer.batches[1:]) / (training.batch_size * (len(timer.batches) - 1))
+    end_to_end_epoch = per_image * len(rows)
+    return {
+        "head_epoch_s": head_epoch,
+        "head_vectors": len(train["features"]),
+        "e2e_epoch_s": end_to_end_epoch,
+        "e2e_images": len(rows),
+        "ratio": end_to_end_epoch / head_epoch,
+    }
+
+
+class _Timer(keras.callbacks.Callback):
+    """Wall seconds of each epoch and of each training batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epochs: list[float] = []
+        self.batches: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(time.perf_counter() - self._epoch_start)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches.append(time.perf_counter() - self._batch_start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--fraction", type=float, default=1.0, help="share of the demo images to use")
+    parser.add_argument("--child", nargs=2, metavar=("STORE", "FRACTION"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.disable(logging.INFO)
+    if args.child:
+        child(args.child[0], float(args.child[1]))
+        return
+
+    params = _params()
+    full = args.fraction
+    print(
+        f"backbone {params['backbone']['name']}@{params['backbone']['input_size']}, "
+        f"{params['augmentation']['views']} views, batch {params['features']['batch_size']}, "
+        f"{params['features']['workers']} loader threads, {os.cpu_count()} CPUs"
+    )
+    with tempfile.TemporaryDirectory(prefix="feature-cache-bench-") as scratch:
+        scratch_path = Path(scratch)
+        raw, index, _, _ = _inputs(params, full)
+        a = backbone_only(params, raw, index)
+        print(f"(a) backbone only, pre-decoded:       {a:7.1f} images/s")
+
+        cold = _in_child(scratch_path / "A", full)
+        b = cold["computed"] / cold["seconds"]
+        print(
+            f"(b) end-to-end caching, cold:         {b:7.1f} images/s ({cold['computed']:.0f} vectors in {cold['seconds']:.1f} s)"
+        )
+        print(f"(c) b / a:                            {b / a:7.3f}   (target >= 0.9)")
+
+        warm_seconds, warm_metrics, cached = _compute(params, scratch_path / "A", full)
+        print(
+            f"(d) warm re-run:                      {warm_seconds:7.2f} s, {cold['seconds'] / warm_seconds:.0f}x faster "
+            f"than cold (computed {warm_metrics['features.computed']['value']:.0f})   (target >= 50x)"
+        )
+
+        _in_child(scratch_path / "B", full * 0.95)
+        incremental = _in_child(scratch_path / "B", full)
+        print(
+            f"(e) 5% new images:                    {incremental['seconds']:7.1f} s for {incremental['computed']:.0f} "
+            f"vectors = {incremental['seconds'] / cold['seconds']:.3f} of cold   (target <= 0.10)"
+        )
+
+        quarter = _in_child(scratch_path / "C", full / 4)
+        print(
+            f"(f) peak RSS, cold run:               N: {quarter['peak_rss_mb']:.0f} MB, 4N: {cold['peak_rss_mb']:.0f} MB, "
+            f"ratio {cold['peak_rss_mb'] / quarter['peak_rss_mb']:.3f}   (target <= 1.2)"
+        )
+
+        g = head_vs_end_to_end(params, cached)
+        print(
+            f"(g) head epoch on cache:              {g['head_epoch_s']:7.2f} s ({g['head_vectors']} cached views)\n"
+            f"    frozen end-to-end epoch:          {g['e2e_epoch_s']:7.1f} s ({g['e2e_images']} images, scaled from 8 batches)\n"
+            f"    ratio:                            {g['ratio']:7.0f}x   (target >= 20x)"
+        )
+
+
+if __name__ == "__main__":
+    main()
