@@ -47,8 +47,8 @@ def test_default_pipeline_tracks_everything_and_registers_the_model(project, tra
     assert [m.step for m in tracking.get_metric_history(run.info.run_id, "head.history.loss")] == [0]
     assert run.data.params["backbone.input_size"] == "96"
     artifacts = {a.path for a in tracking.list_artifacts(run.info.run_id)}
-    expected = {"confusion_matrix.png", "training_curves.png", "classification_report.json"}
-    assert expected | {"augmentation_preview.png", "ingestion_report.json"} <= artifacts
+    expected = {"confusion_matrix.png", "training_curves.png", "classification_report.json", "misclassified.png"}
+    assert expected | {"per_class_metrics.csv", "augmentation_preview.png", "ingestion_report.json"} <= artifacts
     assert (project / "data" / "08_reporting" / "confusion_matrix.png").stat().st_size > 0
 
     versions = tracking.search_model_versions("name='image_classifier'")

@@ -1,9 +1,10 @@
+import keras
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import encode, exif_rotated_jpeg, png_claiming
-from image_classifier.images import UnusableImage, decode_rgb
+from image_classifier.images import UnusableImage, decode_rgb, resize
 
 
 def test_modes_become_rgb_uint8():
@@ -48,3 +49,11 @@ def test_non_images_and_truncated_files_are_unusable():
         # Cut in the pixel data, and cut in the headers: both are truncated, not "not an image".
         with pytest.raises(UnusableImage, match="truncated or corrupt"):
             decode_rgb(jpeg[: len(jpeg) // 2])
+
+
+def test_resize_matches_the_models_own_resizing_layer(tiny_demo):
+    layer = keras.layers.Resizing(96, 96, interpolation="bilinear", antialias=True)
+    for photo in sorted((tiny_demo / "train" / "hat").iterdir())[:4]:
+        image = decode_rgb(photo.read_bytes())
+        in_model = layer(image[None].astype("float32"))[0].numpy()
+        assert np.abs(resize(image, 96).astype(float) - in_model).max() <= 1.0

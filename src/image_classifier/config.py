@@ -66,6 +66,11 @@ class TrainingParams(_Strict):
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    hidden_units: int = Field(0, ge=0, description="a ReLU layer of this width before the softmax; 0: none")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    class_weight: Literal["none", "balanced"] = Field(
+        "none", description="balanced: weigh each class inversely to its share of the training set"
+    )
     patience: int = Field(5, ge=1, description="epochs without val_loss improvement before stopping")
 
 
@@ -74,12 +79,37 @@ class FineTuningParams(_Strict):
     epochs: int = Field(3, ge=1)
     unfreeze_layers: int = Field(20, ge=0)
     learning_rate: float = Field(1e-5, gt=0)
+    warmup_epochs: float = Field(
+        0.5, ge=0.0, description="linear warm-up to learning_rate, then cosine decay"
+    )
     batch_size: int = Field(32, ge=1)
     patience: int = Field(2, ge=1)
+    strategy: Literal["auto", "default", "mirrored"] = Field(
+        "auto", description="auto: MirroredStrategy when several GPUs are visible, else the default device"
+    )
 
 
 class EvaluationParams(_Strict):
     batch_size: int = Field(64, ge=1)
+
+
+class ConvBlockParams(_Strict):
+    filters: int = Field(32, ge=1)
+    kernel_size: int = Field(3, ge=1)
+    strides: int = Field(1, ge=1)
+    padding: Literal["valid", "same"] = "same"
+    pooling: Literal["max", "average", "none"] = "max"
+
+
+class BaselineParams(_Strict):
+    input_size: int = Field(96, ge=16, le=512)
+    conv_blocks: list[ConvBlockParams] = Field(default_factory=lambda: [ConvBlockParams()], min_length=1)
+    dense_units: int = Field(128, ge=1)
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    patience: int = Field(3, ge=1)
 
 
 class Parameters(_Strict):
@@ -93,6 +123,7 @@ class Parameters(_Strict):
     training: TrainingParams = TrainingParams()
     fine_tuning: FineTuningParams = FineTuningParams()
     evaluation: EvaluationParams = EvaluationParams()
+    baseline: BaselineParams = BaselineParams()
 
 
 class ParameterError(ProjectError):

@@ -14,7 +14,7 @@ from image_classifier.config import validate_parameters
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("ingestion", "augmentation", "features", "training", "fine_tuning", "evaluation")
+STAGES = ("ingestion", "augmentation", "features", "training", "fine_tuning", "evaluation", "baseline")
 
 
 class ValidateParametersHook:

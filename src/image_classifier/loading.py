@@ -40,8 +40,16 @@ class ViewLoader:
             local.compose = build_compose(list(self.transforms))
         return local.compose
 
+    def _resized(self, path: str) -> np.ndarray:
+        # The views of one image come one after another in a plan, so remembering the last
+        # image decodes and resizes it once instead of once per view.
+        local = self._local  # type: ignore[attr-defined]
+        if getattr(local, "path", None) != path:
+            local.path, local.image = path, resize(decode_rgb(self.raw.read_bytes(path)), self.size)
+        return local.image
+
     def __call__(self, path: str, sha256: str, view: int) -> np.ndarray:
-        image = resize(decode_rgb(self.raw.read_bytes(path)), self.size)
+        image = self._resized(path)
         if view == 0:
             return image
         return apply_view(self._compose(), image, view_seed(self.seed, sha256, view), view)

@@ -6,6 +6,8 @@ normalisation are layers, so a logged model needs no preprocessing code beside i
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 
 from image_classifier.backbones import BackboneSpec
@@ -31,10 +33,20 @@ def feature_extractor(trunk: keras.Model, spec: BackboneSpec, input_size: int) -
     return keras.Model(images, features, name=f"{spec.name}_features")
 
 
-def classifier_head(feature_dim: int, num_classes: int, dropout: float, seed: int) -> keras.Model:
-    """Pooled features → class probabilities."""
+def classifier_head(
+    feature_dim: int, num_classes: int, dropout: float, seed: int, hidden_units: int = 0
+) -> keras.Model:
+    """Pooled features → class probabilities, through an optional ReLU layer."""
     features = keras.Input(shape=(feature_dim,), name="features")
     x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(features)
+    if hidden_units:
+        x = keras.layers.Dense(
+            hidden_units,
+            activation="relu",
+            kernel_initializer=keras.initializers.HeUniform(seed=seed),
+            name="head_hidden",
+        )(x)
+        x = keras.layers.Dropout(dropout, seed=seed + 1, name="head_hidden_dropout")(x)
     probabilities = keras.layers.Dense(
         num_classes,
         activation="softmax",
@@ -42,6 +54,15 @@ def classifier_head(feature_dim: int, num_classes: int, dropout: float, seed: in
         name="head_probabilities",
     )(x)
     return keras.Model(features, probabilities, name="head")
+
+
+def compile_classifier(model: keras.Model, learning_rate: Any, label_smoothing: float) -> None:
+    """Adam on one-hot labels: Keras only smooths labels in the categorical (not sparse) loss."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=["accuracy"],
+    )
 
 
 def full_classifier(extractor: keras.Model, head: keras.Model) -> keras.Model:
@@ -67,3 +88,51 @@ def unfreeze_top(trunk: keras.Model, count: int) -> int:
     for layer in trunk.layers:
         layer.trainable = id(layer) in top
     return len(top)
+
+
+def scratch_convnet(
+    num_classes: int,
+    input_size: int,
+    blocks: list[dict[str, Any]],
+    dense_units: int,
+    dropout: float,
+    seed: int,
+) -> keras.Model:
+    """The classic small convnet, trained from nothing: raw uint8 images → class probabilities.
+
+    Each block is a ReLU convolution (filters, kernel_size, strides, padding ``valid`` or ``same``)
+    followed by 2×2 max or average pooling, or none.
+    """
+    images = keras.Input(shape=(None, None, 3), dtype="uint8", name="image")
+    x = keras.layers.Resizing(
+        input_size, input_size, interpolation="bilinear", antialias=True, name="resize"
+    )(images)
+    x = keras.layers.Rescaling(1 / 255, name="scale")(x)
+    pooling = {"max": keras.layers.MaxPooling2D, "average": keras.layers.AveragePooling2D}
+    for i, block in enumerate(blocks):
+        x = keras.layers.Conv2D(
+            block["filters"],
+            block["kernel_size"],
+            strides=block["strides"],
+            padding=block["padding"],
+            activation="relu",
+            kernel_initializer=keras.initializers.HeUniform(seed=seed + i),
+            name=f"conv_{i}",
+        )(x)
+        if block["pooling"] != "none":
+            x = pooling[block["pooling"]](2, name=f"pool_{i}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(
+        dense_units,
+        activation="relu",
+        kernel_initializer=keras.initializers.HeUniform(seed=seed),
+        name="dense",
+    )(x)
+    x = keras.layers.Dropout(dropout, seed=seed, name="dropout")(x)
+    probabilities = keras.layers.Dense(
+        num_classes,
+        activation="softmax",
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+        name="probabilities",
+    )(x)
+    return keras.Model(images, probabilities, name="scratch_convnet")

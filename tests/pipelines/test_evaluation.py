@@ -1,7 +1,14 @@
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from image_classifier.pipelines.evaluation.nodes import plot_confusion_matrix, plot_training_curves, score
+from image_classifier.datasets import ImageFolderDataset
+from image_classifier.pipelines.evaluation.nodes import (
+    per_class_table,
+    plot_confusion_matrix,
+    plot_misclassified,
+    plot_training_curves,
+    score,
+)
 
 PREDICTIONS = pd.DataFrame(
     {
@@ -28,4 +35,33 @@ def test_plots_are_figures_with_content(tmp_path):
     assert [t.get_text() for t in figure.axes[0].texts] == ["1", "1", "0", "2"]
     curves = plot_training_curves({"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]}, {"loss": [0.4]})
     assert len(curves.axes[0].lines) == 3
+    plt.close("all")
+
+
+def test_per_class_table_has_a_row_per_class():
+    _, report = score(PREDICTIONS, ["x", "y"], {"enabled": True})
+    table = per_class_table(report)
+    assert table["class"].tolist() == ["x", "y"]
+    assert table.loc[0, ["precision", "recall", "support"]].tolist() == [1.0, 0.5, 2]
+
+
+def test_gallery_shows_the_most_confident_mistakes_first(tiny_demo):
+    raw = ImageFolderDataset(str(tiny_demo)).load()
+    photos = [f for f in raw.files if f.startswith("test/")][:4]
+    predictions = pd.DataFrame(
+        {
+            "path": photos,
+            "label": ["dress", "dress", "hat", "hat"],
+            "predicted": ["dress", "hat", "pants", "dress"],
+            "confidence": [0.99, 0.6, 0.8, 0.7],
+        }
+    )
+    figure = plot_misclassified(predictions, raw, thumbnail=48)
+    titled = [a.get_title() for a in figure.axes if a.get_images()]
+    assert titled == [
+        "true: hat\npredicted: pants (0.80)",
+        "true: hat\npredicted: dress (0.70)",
+        "true: dress\npredicted: hat (0.60)",
+    ]
+    assert figure.axes[0].get_images()[0].get_array().shape == (48, 48, 3)
     plt.close("all")

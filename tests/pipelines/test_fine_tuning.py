@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from image_classifier.backbones import load_pretrained
 from image_classifier.datasets import ImageFolderDataset
 from image_classifier.models import classifier_head
 from image_classifier.pipelines.fine_tuning.nodes import fine_tune
@@ -22,7 +23,8 @@ def _run(inputs, enabled):
     raw, index, names, backbone = inputs
     head = classifier_head(1280, len(names), 0.2, seed=1)
     tuning = {"enabled": enabled, "epochs": 1, "unfreeze_layers": 5, "learning_rate": 1e-4, "batch_size": 8}
-    return fine_tune(head, index, raw, names, backbone, tuning, AUGMENTATION, {"workers": 2}, 0)
+    training = {"label_smoothing": 0.1, "class_weight": "balanced"}
+    return fine_tune(head, index, raw, names, backbone, tuning, training, AUGMENTATION, {"workers": 2}, 0)
 
 
 def test_disabled_returns_the_untrained_raw_image_model(inputs):
@@ -46,3 +48,9 @@ def test_enabled_trains_only_top_layers_and_keeps_batchnorm_frozen(inputs):
         isinstance(layer, keras.layers.BatchNormalization) and layer.trainable for layer in trunk.layers
     )
     assert not trunk.get_layer("features_0_0_conv").trainable  # the stem stays frozen
+    # Inference-mode BatchNorm: the ImageNet statistics are untouched by the new domain's batches.
+    pretrained = load_pretrained("mobilenet_v2", 64, inputs[3]["cache_dir"])
+    top_norms = [layer for layer in trunk.layers if isinstance(layer, keras.layers.BatchNormalization)][-3:]
+    for layer in top_norms:
+        for after, before in zip(layer.weights, pretrained.get_layer(layer.name).weights, strict=True):
+            np.testing.assert_array_equal(after.numpy(), before.numpy())

@@ -1,6 +1,6 @@
 import numpy as np
 
-from image_classifier.pipelines.training.nodes import train_head
+from image_classifier.pipelines.training.nodes import class_weights, train_head
 
 PARAMS = {"epochs": 30, "batch_size": 16, "learning_rate": 0.01, "dropout": 0.1, "patience": 3}
 
@@ -33,3 +33,20 @@ def test_same_seed_same_metrics_and_weights():
     assert metrics_a == metrics_b
     for a, b in zip(head_a.get_weights(), head_b.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_hidden_layer_label_smoothing_and_class_weights():
+    params = {**PARAMS, "hidden_units": 32, "label_smoothing": 0.1, "class_weight": "balanced"}
+    head, metrics, _ = train_head(_blobs(0), _blobs(1, 10), _blobs(2, 10), ["a", "b", "c"], params, seed=3)
+    assert head.get_layer("head_hidden").units == 32
+    assert metrics["head.test_accuracy"]["value"] > 0.95
+    # Smoothed targets keep the loss away from zero even when every prediction is right.
+    assert metrics["head.history.loss"][-1]["value"] > 0.1
+
+
+def test_balanced_class_weights_equalise_each_class_total():
+    labels = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    weights = class_weights(labels, 3, "balanced")
+    totals = [weights[c] * (labels == c).sum() for c in range(3)]
+    np.testing.assert_allclose(totals, [100 / 3] * 3)
+    assert class_weights(labels, 3, "none") is None

@@ -79,6 +79,39 @@ def score(
     return metrics, report
 
 
+def per_class_table(classification_report: dict[str, Any]) -> pd.DataFrame:
+    """The per-class precision, recall, F1 and support as a table, one row per class."""
+    table = pd.DataFrame.from_dict(classification_report["per_class"], orient="index")
+    return table.rename_axis("class").reset_index().round(4)
+
+
+def plot_misclassified(
+    predictions: pd.DataFrame, raw_images: ImageFolder, max_images: int = 16, thumbnail: int = 160
+) -> plt.Figure:
+    """The test images the model got wrong with the most confidence: the first place to look for
+    label noise, look-alike classes or a shortcut the model learned."""
+    wrong = predictions.loc[predictions["label"] != predictions["predicted"]]
+    wrong = wrong.sort_values(["confidence", "path"], ascending=[False, True]).head(max_images)
+    columns = 4
+    rows = max(-(-len(wrong) // columns), 1)
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    loader = ViewLoader(raw_images, thumbnail)
+    for cell, (_, row) in zip(axes.flat, wrong.iterrows(), strict=False):
+        cell.imshow(loader(row["path"], "", 0))
+        cell.set_title(
+            f"true: {row['label']}\npredicted: {row['predicted']} ({row['confidence']:.2f})", fontsize="small"
+        )
+    for cell in axes.flat:
+        cell.axis("off")
+    if wrong.empty:
+        axes.flat[0].text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
+    figure.suptitle(
+        f"Most confident mistakes ({len(wrong)} of {int((predictions['label'] != predictions['predicted']).sum())})"
+    )
+    figure.tight_layout()
+    return figure
+
+
 def plot_confusion_matrix(predictions: pd.DataFrame, class_names: list[str]) -> plt.Figure:
     matrix = confusion_matrix(predictions["label"], predictions["predicted"], labels=class_names)
     size = 2 + 0.6 * len(class_names)

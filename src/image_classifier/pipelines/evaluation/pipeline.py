@@ -2,7 +2,9 @@ from kedro.pipeline import Pipeline, node
 
 from image_classifier.pipelines.evaluation.nodes import (
     model_for_registry,
+    per_class_table,
     plot_confusion_matrix,
+    plot_misclassified,
     plot_training_curves,
     predict_test,
     score,
@@ -37,6 +39,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["test_predictions", "class_names"],
                 "confusion_matrix_plot",
                 name="plot_confusion_matrix",
+            ),
+            node(per_class_table, "classification_report", "per_class_metrics", name="per_class_table"),
+            node(
+                plot_misclassified,
+                ["test_predictions", "raw_images"],
+                "misclassified_plot",
+                name="plot_misclassified",
             ),
             node(
                 plot_training_curves,

@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 # Features are written in shards of about this many vectors: a killed run loses at most one.
 _SHARD_VECTORS = 1024
 _STORED_DTYPE = {"fp32": np.float32, "fp16": np.float16}
+# Part of every key: bump it when decoding or resizing changes the pixels the backbone sees, so
+# that vectors of the old pixels are not served as if they were the new ones.
+PIXELS_VERSION = "pil-bilinear-aa-1"
 
 
 def cache_key(sha256: str, view: int, context: str, augmentation_hash: str) -> str:
@@ -35,7 +38,10 @@ def cache_key(sha256: str, view: int, context: str, augmentation_hash: str) -> s
 
 def backbone_context(backbone: BackboneParams, features: FeaturesParams) -> str:
     spec = get_spec(backbone.name)
-    return f"{spec.name}|{spec.weights.sha256}|{backbone.input_size}|{features.engine}|{features.precision}"
+    return (
+        f"{spec.name}|{spec.weights.sha256}|{backbone.input_size}|{features.engine}|{features.precision}"
+        f"|{PIXELS_VERSION}"
+    )
 
 
 def _items(view_plan: pd.DataFrame, image_index: pd.DataFrame) -> dict[str, pd.DataFrame]:

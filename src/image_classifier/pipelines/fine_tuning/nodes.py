@@ -10,21 +10,33 @@ import numpy as np
 import pandas as pd
 
 from image_classifier.backbones import get_spec, load_pretrained
-from image_classifier.config import AugmentationParams, BackboneParams, FeaturesParams, FineTuningParams
+from image_classifier.config import (
+    AugmentationParams,
+    BackboneParams,
+    FeaturesParams,
+    FineTuningParams,
+    TrainingParams,
+)
 from image_classifier.datasets import ImageFolder
+from image_classifier.distribution import training_strategy
 from image_classifier.loading import AugmentedImages, ViewLoader
-from image_classifier.models import feature_extractor, full_classifier, unfreeze_top
-from image_classifier.pipelines.training.nodes import history_metrics, seed_everything
+from image_classifier.models import compile_classifier, feature_extractor, full_classifier, unfreeze_top
+from image_classifier.pipelines.training.nodes import class_weights, history_metrics, seed_everything
 
 logger = logging.getLogger(__name__)
 
 
-def _split(
+def split_arrays(
     image_index: pd.DataFrame, split: str, class_names: list[str]
 ) -> tuple[list[str], list[str], np.ndarray]:
+    """Paths, content hashes and one-hot labels of one split."""
     rows = image_index.loc[image_index["split"] == split]
-    label_ids = {label: i for i, label in enumerate(class_names)}
-    return rows["path"].tolist(), rows["sha256"].tolist(), rows["label"].map(label_ids).to_numpy(np.int64)
+    label_ids = rows["label"].map({label: i for i, label in enumerate(class_names)}).to_numpy(np.int64)
+    return (
+        rows["path"].tolist(),
+        rows["sha256"].tolist(),
+        keras.utils.to_categorical(label_ids, len(class_names)),
+    )
 
 
 def fine_tune(
@@ -34,52 +46,56 @@ def fine_tune(
     class_names: list[str],
     backbone: dict[str, Any],
     fine_tuning: dict[str, Any],
+    training: dict[str, Any],
     augmentation: dict[str, Any],
     features: dict[str, Any],
     seed: int,
 ) -> tuple[keras.Model, dict[str, Any], dict[str, list[float]]]:
     """Return the full raw-image classifier, fine-tuned unless ``fine_tuning.enabled`` is false."""
     backbone_params, params = BackboneParams(**backbone), FineTuningParams(**fine_tuning)
-    workers = FeaturesParams(**features).workers
-    spec = get_spec(backbone_params.name)
-    trunk = load_pretrained(spec.name, backbone_params.input_size, backbone_params.cache_dir)
-    model = full_classifier(feature_extractor(trunk, spec, backbone_params.input_size), head_model)
+    head_params, workers = TrainingParams(**training), FeaturesParams(**features).workers
+    spec, size = get_spec(backbone_params.name), backbone_params.input_size
     if not params.enabled:
         logger.info("Fine-tuning disabled: the final model is the backbone with the trained head")
-        return model, {}, {}
+        trunk = load_pretrained(spec.name, size, backbone_params.cache_dir)
+        return full_classifier(feature_extractor(trunk, spec, size), head_model), {}, {}
 
     seed_everything(seed)
-    unfrozen = unfreeze_top(trunk, params.unfreeze_layers)
-    head_model.trainable = True
     transforms = tuple(t.model_dump() for t in AugmentationParams(**augmentation).transforms)
-    size = backbone_params.input_size
+    paths, shas, labels = split_arrays(image_index, "train", class_names)
     train = AugmentedImages(
-        ViewLoader(raw_images, size, transforms, seed),
-        *_split(image_index, "train", class_names),
-        batch_size=params.batch_size,
-        seed=seed,
-        workers=workers,
+        ViewLoader(raw_images, size, transforms, seed), paths, shas, labels, params.batch_size, seed, workers
     )
     validation = AugmentedImages(
         ViewLoader(raw_images, size),
-        *_split(image_index, "validation", class_names),
+        *split_arrays(image_index, "validation", class_names),
         batch_size=params.batch_size,
         seed=seed,
         workers=workers,
     )
-    schedule = keras.optimizers.schedules.CosineDecay(
-        params.learning_rate, decay_steps=len(train) * params.epochs
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    # Variables must be created inside the strategy's scope to be mirrored across replicas.
+    with training_strategy(params.strategy).scope():
+        trunk = load_pretrained(spec.name, size, backbone_params.cache_dir)
+        head = keras.models.clone_model(head_model)
+        head.set_weights(head_model.get_weights())
+        model = full_classifier(feature_extractor(trunk, spec, size), head)
+        unfrozen = unfreeze_top(trunk, params.unfreeze_layers)
+        warmup = int(params.warmup_epochs * len(train))
+        # Warm up from a tenth of the rate, so that the first steps of a freshly unfrozen trunk
+        # are small, then decay along a cosine to zero by the last epoch.
+        schedule = keras.optimizers.schedules.CosineDecay(
+            params.learning_rate / 10,
+            decay_steps=max(len(train) * params.epochs - warmup, 1),
+            warmup_target=params.learning_rate,
+            warmup_steps=warmup,
+        )
+        compile_classifier(model, schedule, head_params.label_smoothing)
     logger.info("Fine-tuning %d backbone layers for up to %d epochs", unfrozen, params.epochs)
     fit = model.fit(
         train,
         validation_data=validation,
         epochs=params.epochs,
+        class_weight=class_weights(labels.argmax(axis=1), len(class_names), head_params.class_weight),
         callbacks=[
             keras.callbacks.EarlyStopping("val_loss", patience=params.patience, restore_best_weights=True)
         ],

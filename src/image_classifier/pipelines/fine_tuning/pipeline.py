@@ -15,6 +15,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "class_names",
                     "params:backbone",
                     "params:fine_tuning",
+                    "params:training",
                     "params:augmentation",
                     "params:features",
                     "params:seed",

@@ -6,10 +6,11 @@ import logging
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from image_classifier.config import TrainingParams
-from image_classifier.models import classifier_head
+from image_classifier.models import classifier_head, compile_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,14 @@ def history_metrics(history: dict[str, list[float]], prefix: str) -> dict[str, l
     }
 
 
+def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, float] | None:
+    """``balanced``: n / (classes × count) per class, so each class weighs the same in the loss."""
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return {i: float(len(labels) / (num_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
+
+
 def train_head(
     train_features: dict[str, Any],
     validation_features: dict[str, Any],
@@ -41,27 +50,28 @@ def train_head(
     """Fit the head with early stopping on validation loss; the best epoch's weights are kept."""
     params = TrainingParams(**training)
     seed_everything(seed)
-    head = classifier_head(train_features["features"].shape[1], len(class_names), params.dropout, seed)
-    head.compile(
-        optimizer=keras.optimizers.Adam(params.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    n = len(class_names)
+    head = classifier_head(train_features["features"].shape[1], n, params.dropout, seed, params.hidden_units)
+    compile_classifier(head, params.learning_rate, params.label_smoothing)
+    one_hot = {
+        name: (data["features"], keras.utils.to_categorical(data["labels"], n))
+        for name, data in (("train", train_features), ("val", validation_features), ("test", test_features))
+    }
     fit = head.fit(
-        train_features["features"],
-        train_features["labels"],
-        validation_data=(validation_features["features"], validation_features["labels"]),
+        *one_hot["train"],
+        validation_data=one_hot["val"],
         epochs=params.epochs,
         batch_size=params.batch_size,
         shuffle=True,
+        class_weight=class_weights(train_features["labels"], n, params.class_weight),
         callbacks=[
             keras.callbacks.EarlyStopping("val_loss", patience=params.patience, restore_best_weights=True)
         ],
         verbose=2,
     )
     scores = {
-        split: float(head.evaluate(data["features"], data["labels"], verbose=0, return_dict=True)["accuracy"])
-        for split, data in (("val", validation_features), ("test", test_features))
+        split: float(head.evaluate(*one_hot[split], verbose=0, return_dict=True)["accuracy"])
+        for split in ("val", "test")
     }
     logger.info("Head: val_accuracy %.4f, test_accuracy %.4f", scores["val"], scores["test"])
     metrics: dict[str, Any] = history_metrics(fit.history, "head")

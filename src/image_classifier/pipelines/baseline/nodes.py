@@ -1,0 +1,71 @@
+"""Baseline: the classic from-scratch convnet, on the same splits and augmentation as the rest."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import keras
+import pandas as pd
+
+from image_classifier.config import AugmentationParams, BaselineParams, FeaturesParams
+from image_classifier.datasets import ImageFolder
+from image_classifier.loading import AugmentedImages, ViewLoader
+from image_classifier.models import compile_classifier, scratch_convnet
+from image_classifier.pipelines.fine_tuning.nodes import split_arrays
+from image_classifier.pipelines.training.nodes import history_metrics, seed_everything
+
+logger = logging.getLogger(__name__)
+
+
+def train_baseline(
+    image_index: pd.DataFrame,
+    raw_images: ImageFolder,
+    class_names: list[str],
+    baseline: dict[str, Any],
+    augmentation: dict[str, Any],
+    features: dict[str, Any],
+    seed: int,
+) -> tuple[keras.Model, dict[str, Any], dict[str, list[float]]]:
+    """Train the scratch convnet with online augmentation; score it on validation and test."""
+    params = BaselineParams(**baseline)
+    workers = FeaturesParams(**features).workers
+    transforms = tuple(t.model_dump() for t in AugmentationParams(**augmentation).transforms)
+    seed_everything(seed)
+    model = scratch_convnet(
+        len(class_names),
+        params.input_size,
+        [b.model_dump() for b in params.conv_blocks],
+        params.dense_units,
+        params.dropout,
+        seed,
+    )
+    compile_classifier(model, params.learning_rate, 0.0)
+    size = params.input_size
+
+    def batches(split: str, loader: ViewLoader) -> AugmentedImages:
+        return AugmentedImages(
+            loader, *split_arrays(image_index, split, class_names), params.batch_size, seed, workers
+        )
+
+    train = batches("train", ViewLoader(raw_images, size, transforms, seed))
+    validation, test = (batches(s, ViewLoader(raw_images, size)) for s in ("validation", "test"))
+    logger.info("Baseline: %d-block convnet from scratch at %d px", len(params.conv_blocks), size)
+    fit = model.fit(
+        train,
+        validation_data=validation,
+        epochs=params.epochs,
+        callbacks=[
+            keras.callbacks.EarlyStopping("val_loss", patience=params.patience, restore_best_weights=True)
+        ],
+        verbose=2,
+    )
+    scores = {
+        name: float(model.evaluate(data, verbose=0, return_dict=True)["accuracy"])
+        for name, data in (("val", validation), ("test", test))
+    }
+    logger.info("Baseline: val_accuracy %.4f, test_accuracy %.4f", scores["val"], scores["test"])
+    metrics: dict[str, Any] = history_metrics(fit.history, "baseline")
+    metrics["baseline.val_accuracy"] = {"value": scores["val"], "step": 0}
+    metrics["baseline.test_accuracy"] = {"value": scores["test"], "step": 0}
+    return model, metrics, {k: [float(v) for v in vs] for k, vs in fit.history.items()}

@@ -1,0 +1,25 @@
+from kedro.pipeline import Pipeline, node
+
+from image_classifier.pipelines.baseline.nodes import train_baseline
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                train_baseline,
+                [
+                    "image_index",
+                    "raw_images",
+                    "class_names",
+                    "params:baseline",
+                    "params:augmentation",
+                    "params:features",
+                    "params:seed",
+                ],
+                ["baseline_model", "baseline_metrics", "baseline_history"],
+                name="train_baseline",
+            ),
+        ],
+        tags="baseline",
+    )
