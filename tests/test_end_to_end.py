@@ -1,5 +1,6 @@
 """``__default__`` in a real Kedro session, with a real sqlite MLflow store, on real photos."""
 
+import keras
 import mlflow
 import numpy as np
 import pytest
@@ -47,8 +48,15 @@ def test_default_pipeline_tracks_everything_and_registers_the_model(project, tra
     assert [m.step for m in tracking.get_metric_history(run.info.run_id, "head.history.loss")] == [0]
     assert run.data.params["backbone.input_size"] == "96"
     artifacts = {a.path for a in tracking.list_artifacts(run.info.run_id)}
-    expected = {"confusion_matrix.png", "training_curves.png", "classification_report.json", "misclassified.png"}
-    assert expected | {"per_class_metrics.csv", "augmentation_preview.png", "ingestion_report.json"} <= artifacts
+    expected = {
+        "confusion_matrix.png",
+        "training_curves.png",
+        "classification_report.json",
+        "misclassified.png",
+    }
+    assert (
+        expected | {"per_class_metrics.csv", "augmentation_preview.png", "ingestion_report.json"} <= artifacts
+    )
     assert (project / "data" / "08_reporting" / "confusion_matrix.png").stat().st_size > 0
 
     versions = tracking.search_model_versions("name='image_classifier'")
@@ -60,6 +68,11 @@ def test_default_pipeline_tracks_everything_and_registers_the_model(project, tra
     assert predictions["label"].iloc[0] in {"dress", "hat", "pants"}
     assert list(predictions.columns) == ["label", "prob_dress", "prob_hat", "prob_pants"]
     assert predictions.iloc[0, 1:].sum() == pytest.approx(1.0, abs=1e-5)
+    # The same probabilities as the Keras model the pipeline saved: nothing is lost in packaging.
+    keras_model = keras.models.load_model(project / "data/06_models/classifier.keras", compile=False)
+    np.testing.assert_allclose(
+        predictions.iloc[:, 1:].to_numpy(), keras_model.predict(photo[None]), atol=1e-5
+    )
 
 
 def test_second_run_reuses_every_feature(project, tracking):

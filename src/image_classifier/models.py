@@ -40,20 +40,24 @@ def classifier_head(
     features = keras.Input(shape=(feature_dim,), name="features")
     x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(features)
     if hidden_units:
-        x = keras.layers.Dense(
-            hidden_units,
-            activation="relu",
-            kernel_initializer=keras.initializers.HeUniform(seed=seed),
-            name="head_hidden",
-        )(x)
-        x = keras.layers.Dropout(dropout, seed=seed + 1, name="head_hidden_dropout")(x)
-    probabilities = keras.layers.Dense(
+        x = _relu_dense(x, hidden_units, dropout, seed + 1, "head_hidden")
+    return keras.Model(features, _softmax(x, num_classes, seed, "head_probabilities"), name="head")
+
+
+def _relu_dense(x: Any, units: int, dropout: float, seed: int, name: str) -> Any:
+    x = keras.layers.Dense(
+        units, activation="relu", kernel_initializer=keras.initializers.HeUniform(seed=seed), name=name
+    )(x)
+    return keras.layers.Dropout(dropout, seed=seed, name=f"{name}_dropout")(x)
+
+
+def _softmax(x: Any, num_classes: int, seed: int, name: str) -> Any:
+    return keras.layers.Dense(
         num_classes,
         activation="softmax",
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
-        name="head_probabilities",
+        name=name,
     )(x)
-    return keras.Model(features, probabilities, name="head")
 
 
 def compile_classifier(model: keras.Model, learning_rate: Any, label_smoothing: float) -> None:
@@ -122,17 +126,5 @@ def scratch_convnet(
         if block["pooling"] != "none":
             x = pooling[block["pooling"]](2, name=f"pool_{i}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(
-        dense_units,
-        activation="relu",
-        kernel_initializer=keras.initializers.HeUniform(seed=seed),
-        name="dense",
-    )(x)
-    x = keras.layers.Dropout(dropout, seed=seed, name="dropout")(x)
-    probabilities = keras.layers.Dense(
-        num_classes,
-        activation="softmax",
-        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
-        name="probabilities",
-    )(x)
-    return keras.Model(images, probabilities, name="scratch_convnet")
+    x = _relu_dense(x, dense_units, dropout, seed, "dense")
+    return keras.Model(images, _softmax(x, num_classes, seed, "probabilities"), name="scratch_convnet")

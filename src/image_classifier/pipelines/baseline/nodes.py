@@ -13,7 +13,12 @@ from image_classifier.datasets import ImageFolder
 from image_classifier.loading import AugmentedImages, ViewLoader
 from image_classifier.models import compile_classifier, scratch_convnet
 from image_classifier.pipelines.fine_tuning.nodes import split_arrays
-from image_classifier.pipelines.training.nodes import history_metrics, seed_everything
+from image_classifier.pipelines.training.nodes import (
+    early_stopping,
+    history_metrics,
+    plain_history,
+    seed_everything,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +60,7 @@ def train_baseline(
         train,
         validation_data=validation,
         epochs=params.epochs,
-        callbacks=[
-            keras.callbacks.EarlyStopping("val_loss", patience=params.patience, restore_best_weights=True)
-        ],
+        callbacks=[early_stopping(params.patience)],
         verbose=2,
     )
     scores = {
@@ -68,4 +71,4 @@ def train_baseline(
     metrics: dict[str, Any] = history_metrics(fit.history, "baseline")
     metrics["baseline.val_accuracy"] = {"value": scores["val"], "step": 0}
     metrics["baseline.test_accuracy"] = {"value": scores["test"], "step": 0}
-    return model, metrics, {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+    return model, metrics, plain_history(fit)

@@ -21,7 +21,13 @@ from image_classifier.datasets import ImageFolder
 from image_classifier.distribution import training_strategy
 from image_classifier.loading import AugmentedImages, ViewLoader
 from image_classifier.models import compile_classifier, feature_extractor, full_classifier, unfreeze_top
-from image_classifier.pipelines.training.nodes import class_weights, history_metrics, seed_everything
+from image_classifier.pipelines.training.nodes import (
+    class_weights,
+    early_stopping,
+    history_metrics,
+    plain_history,
+    seed_everything,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +102,11 @@ def fine_tune(
         validation_data=validation,
         epochs=params.epochs,
         class_weight=class_weights(labels.argmax(axis=1), len(class_names), head_params.class_weight),
-        callbacks=[
-            keras.callbacks.EarlyStopping("val_loss", patience=params.patience, restore_best_weights=True)
-        ],
+        callbacks=[early_stopping(params.patience)],
         verbose=2,
     )
     val_accuracy = float(model.evaluate(validation, verbose=0, return_dict=True)["accuracy"])
     logger.info("Fine-tuned: val_accuracy %.4f", val_accuracy)
     metrics: dict[str, Any] = history_metrics(fit.history, "finetune")
     metrics["finetune.val_accuracy"] = {"value": val_accuracy, "step": 0}
-    return model, metrics, {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+    return model, metrics, plain_history(fit)

@@ -31,6 +31,15 @@ def history_metrics(history: dict[str, list[float]], prefix: str) -> dict[str, l
     }
 
 
+def early_stopping(patience: int) -> keras.callbacks.EarlyStopping:
+    """Stop when validation loss stops improving, and keep the best epoch's weights."""
+    return keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True)
+
+
+def plain_history(fit: keras.callbacks.History) -> dict[str, list[float]]:
+    return {name: [float(v) for v in values] for name, values in fit.history.items()}
+
+
 def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, float] | None:
     """``balanced``: n / (classes × count) per class, so each class weighs the same in the loss."""
     if mode == "none":
@@ -64,9 +73,7 @@ def train_head(
         batch_size=params.batch_size,
         shuffle=True,
         class_weight=class_weights(train_features["labels"], n, params.class_weight),
-        callbacks=[
-            keras.callbacks.EarlyStopping("val_loss", patience=params.patience, restore_best_weights=True)
-        ],
+        callbacks=[early_stopping(params.patience)],
         verbose=2,
     )
     scores = {
@@ -77,4 +84,4 @@ def train_head(
     metrics: dict[str, Any] = history_metrics(fit.history, "head")
     metrics["head.val_accuracy"] = {"value": scores["val"], "step": 0}
     metrics["head.test_accuracy"] = {"value": scores["test"], "step": 0}
-    return head, metrics, {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+    return head, metrics, plain_history(fit)
