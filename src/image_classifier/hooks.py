@@ -1,4 +1,4 @@
-"""Project hooks: parameter validation at start-up, and a wall-time summary per stage."""
+"""Project hooks: parameter validation at start-up, and wall time per stage (console and MLflow)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import mlflow
 from kedro.framework.hooks import hook_impl
 from kedro.pipeline.node import Node
 
@@ -26,7 +27,8 @@ class ValidateParametersHook:
 
 
 class StageTimerHook:
-    """Prints each stage's wall time, and the final test accuracy, when a run ends."""
+    """Prints each stage's wall time, and the final test accuracy, when a run ends; logs the stage
+    times to MLflow as ``time.<stage>_s``."""
 
     def __init__(self) -> None:
         self._started: dict[str, float] = {}
@@ -49,7 +51,11 @@ class StageTimerHook:
 
     @hook_impl
     def after_node_run(self, node: Node, outputs: dict[str, Any]) -> None:
-        self._seconds[self._stage(node)] += time.perf_counter() - self._started.pop(node.name)
+        stage = self._stage(node)
+        self._seconds[stage] += time.perf_counter() - self._started.pop(node.name)
+        if mlflow.active_run() is not None:
+            # Logged as the stage grows: the run is still open here, unlike after the pipeline.
+            mlflow.log_metric(f"time.{stage}_s", round(self._seconds[stage], 2))
         metrics = outputs.get("evaluation_metrics")
         if metrics:
             self._accuracy = metrics["test_accuracy"]["value"]

@@ -25,7 +25,11 @@ _SERVING_PACKAGES = ("tensorflow-cpu", "keras", "numpy", "pandas", "pillow", "ml
 
 
 def model_signature(class_names: list[str]) -> ModelSignature:
-    """Raw uint8 images of any size in; a label and one probability per class out."""
+    """Raw uint8 images of any size in; a label and one probability per class out.
+
+    MLflow also lets a 1-D object array through this spec (its "ragged" case): that is how encoded
+    files and differently sized images come in.
+    """
     inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))])
     outputs = Schema(
         [ColSpec("string", "label")] + [ColSpec("double", probability_column(c)) for c in class_names]
@@ -43,6 +47,7 @@ def _pinned(package: str) -> str:
 def log_classifier(
     model: keras.Model,
     class_names: list[str],
+    input_size: int,
     name: str = "model",
     registered_model_name: str | None = REGISTERED_MODEL_NAME,
 ) -> mlflow.models.model.ModelInfo:
@@ -59,7 +64,7 @@ def log_classifier(
             # Models from code: MLflow runs this file at load time instead of unpickling.
             python_model=str(package / "pyfunc_model.py"),
             artifacts={"keras_model": str(keras_path)},
-            model_config={"class_names": list(class_names)},
+            model_config={"class_names": list(class_names), "input_size": int(input_size)},
             code_paths=[str(package)],
             signature=model_signature(class_names),
             pip_requirements=[_pinned(p) for p in _SERVING_PACKAGES],

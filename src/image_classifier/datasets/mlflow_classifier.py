@@ -11,7 +11,8 @@ from image_classifier import tracking
 
 
 class MlflowClassifierDataset(AbstractDataset[dict[str, Any], None]):
-    """Saves ``{"model": keras.Model, "class_names": [...]}`` as a registered pyfunc model.
+    """Saves ``{"model": keras.Model, "class_names": [...], "input_size": int}`` as a registered
+    pyfunc model.
 
     When no run is active (tracking disabled for the pipeline), it logs nothing: the model is
     still on disk through the catalog's Keras dataset.
@@ -30,7 +31,9 @@ class MlflowClassifierDataset(AbstractDataset[dict[str, Any], None]):
     def save(self, data: dict[str, Any]) -> None:
         if mlflow.active_run() is None:
             return
-        tracking.log_classifier(data["model"], data["class_names"], self._name, self._registered_model_name)
+        tracking.log_classifier(
+            data["model"], data["class_names"], data["input_size"], self._name, self._registered_model_name
+        )
 
     def load(self) -> dict[str, Any]:
         raise DatasetError("load the registered model with mlflow.pyfunc.load_model")

@@ -161,5 +161,12 @@ def plot_training_curves(
     return figure
 
 
-def model_for_registry(classifier_model: keras.Model, class_names: list[str]) -> dict[str, Any]:
-    return {"model": classifier_model, "class_names": class_names}
+def model_for_registry(
+    classifier_model: keras.Model, class_names: list[str], backbone: dict[str, Any]
+) -> dict[str, Any]:
+    """What the registered pyfunc needs: the model, its class order and its input size."""
+    return {
+        "model": classifier_model,
+        "class_names": class_names,
+        "input_size": BackboneParams(**backbone).input_size,
+    }

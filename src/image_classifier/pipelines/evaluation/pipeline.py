@@ -55,7 +55,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 model_for_registry,
-                ["classifier_model", "class_names"],
+                ["classifier_model", "class_names", "params:backbone"],
                 "registered_model",
                 name="register_model",
             ),
