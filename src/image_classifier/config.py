@@ -42,7 +42,7 @@ class TransformParams(_Strict):
 
 
 class AugmentationParams(_Strict):
-    views: int = Field(2, ge=1, description="views per training image; view 0 is the plain image")
+    views: int = Field(3, ge=1, description="views per training image; view 0 is the plain image")
     transforms: list[TransformParams] = Field(default_factory=list)
 
 
@@ -62,7 +62,7 @@ class FeaturesParams(_Strict):
 
 
 class TrainingParams(_Strict):
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
@@ -76,9 +76,9 @@ class TrainingParams(_Strict):
 
 class FineTuningParams(_Strict):
     enabled: bool = True
-    epochs: int = Field(3, ge=1)
-    unfreeze_layers: int = Field(20, ge=0)
-    learning_rate: float = Field(1e-5, gt=0)
+    epochs: int = Field(4, ge=1)
+    unfreeze_layers: int = Field(40, ge=0)
+    learning_rate: float = Field(1e-4, gt=0)
     warmup_epochs: float = Field(
         0.5, ge=0.0, description="linear warm-up to learning_rate, then cosine decay"
     )
