@@ -63,4 +63,4 @@ ui: setup
 
 # Generated outputs only: raw images and the MLflow store are kept.
 clean-outputs:
-	find data -mindepth 2 -path data/01_raw -prune -o -type f ! -name .gitkeep ! -name README.md -print -delete
+	find data -mindepth 2 -type f ! -path 'data/01_raw/*' ! -name .gitkeep ! -name README.md -delete
