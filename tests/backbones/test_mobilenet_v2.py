@@ -17,7 +17,7 @@ def imagenet_model(tmp_path_factory):
     """Raw uint8 photo → ImageNet class probabilities, preprocessing inside."""
     trunk = load_pretrained("mobilenet_v2", 224, tmp_path_factory.mktemp("weights"))
     extractor = feature_extractor(trunk, SPEC, 224)
-    logits = port.imagenet_classifier(read_state_dict(SPEC.weights.path(), SPEC.weights.sha256))
+    logits = port.imagenet_classifier(read_state_dict(SPEC.wheel_weights.path(), SPEC.wheel_weights.sha256))
 
     def classify(photo: np.ndarray) -> np.ndarray:
         return logits(extractor(photo[None], training=False)).numpy()[0]
@@ -37,7 +37,7 @@ def test_coffee_is_espresso(imagenet_model):
 def test_converted_weights_are_cached_and_identical(tmp_path):
     first = load_pretrained("mobilenet_v2", 64, tmp_path)
     cached = list(tmp_path.glob("*.weights.h5"))
-    assert len(cached) == 1 and SPEC.weights.sha256[:16] in cached[0].name
+    assert len(cached) == 1 and SPEC.wheel_weights.sha256[:16] in cached[0].name
     second = load_pretrained("mobilenet_v2", 64, tmp_path)
     for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -45,7 +45,7 @@ def test_converted_weights_are_cached_and_identical(tmp_path):
 
 def test_every_tensor_is_used_and_unknown_backbones_fail():
     trunk = port.build(64)
-    state = read_state_dict(SPEC.weights.path(), SPEC.weights.sha256)
+    state = read_state_dict(SPEC.wheel_weights.path(), SPEC.wheel_weights.sha256)
     state["features.99.0.weight"] = np.zeros(1, np.float32)
     with pytest.raises(ValueError, match="features.99"):
         port.assign_weights(trunk, state)

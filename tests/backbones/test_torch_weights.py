@@ -6,7 +6,7 @@ import pytest
 from image_classifier.backbones import get_spec
 from image_classifier.backbones.torch_weights import UnsafeWeightsError, read_state_dict
 
-MOBILENET = get_spec("mobilenet_v2").weights
+MOBILENET = get_spec("mobilenet_v2").wheel_weights
 
 
 def test_reads_every_tensor_of_the_wheel_file():

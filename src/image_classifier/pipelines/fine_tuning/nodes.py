@@ -63,7 +63,7 @@ def fine_tune(
     spec, size = get_spec(backbone_params.name), backbone_params.input_size
     if not params.enabled:
         logger.info("Fine-tuning disabled: the final model is the backbone with the trained head")
-        trunk = load_pretrained(spec.name, size, backbone_params.cache_dir)
+        trunk = load_pretrained(spec.name, size, backbone_params.cache_dir, backbone_params.weights)
         return full_classifier(feature_extractor(trunk, spec, size), head_model), {}, {}
 
     seed_everything(seed)
@@ -81,11 +81,11 @@ def fine_tune(
     )
     # Variables must be created inside the strategy's scope to be mirrored across replicas.
     with training_strategy(params.strategy).scope():
-        trunk = load_pretrained(spec.name, size, backbone_params.cache_dir)
+        trunk = load_pretrained(spec.name, size, backbone_params.cache_dir, backbone_params.weights)
         head = keras.models.clone_model(head_model)
         head.set_weights(head_model.get_weights())
         model = full_classifier(feature_extractor(trunk, spec, size), head)
-        unfrozen = unfreeze_top(trunk, params.unfreeze_layers)
+        unfrozen = unfreeze_top(trunk, params.unfreeze_layers, spec.tunable)
         warmup = int(params.warmup_epochs * len(train))
         # Warm up from a tenth of the rate, so that the first steps of a freshly unfrozen trunk
         # are small, then decay along a cosine to zero by the last epoch.
