@@ -17,7 +17,7 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup data run test lint ui clean-outputs
+.PHONY: setup data run test lint ui clean-outputs retrain serve airflow-dag
 
 setup: $(STAMP)
 
@@ -53,6 +53,22 @@ run: setup data
 
 test: setup
 	$(BIN)/python -m pytest
+
+# One unattended retraining (see README, "Retraining"): exit 0 done, 1 failed, 75 already running.
+retrain: setup
+	$(BIN)/image-classifier-retrain
+
+# Regenerate the committed Airflow DAG (one task: the retraining entry point) after changing its template.
+airflow-dag: setup
+	$(BIN)/kedro airflow create -p retraining -j airflow/retraining_dag.j2 -t airflow/dags
+
+# The champion behind a local REST endpoint: POST /invocations (see README, "Serving").
+SERVE_PORT ?= 5001
+MODEL_URI ?= models:/image_classifier@champion
+serve: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
+	$(BIN)/mlflow models serve \
+		-m "$(MODEL_URI)" --host 127.0.0.1 --port $(SERVE_PORT) --env-manager local
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

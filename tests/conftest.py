@@ -124,3 +124,13 @@ def run_session(project: Path, pipeline: str = "__default__", **dotted) -> None:
 def latest_run(client: mlflow.MlflowClient) -> mlflow.entities.Run:
     experiment = client.get_experiment_by_name("image_classifier")
     return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])[0]
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow_run_left_open():
+    """A run left active would swallow the next test's logging: fail the test that leaked it."""
+    yield
+    leaked = mlflow.active_run()
+    if leaked is not None:
+        mlflow.end_run()
+        pytest.fail(f"MLflow run {leaked.info.run_id} was left active")

@@ -47,6 +47,6 @@ def test_with_a_weights_file_the_default_pipeline_runs(project, offline, tmp_pat
     with tracked(project) as client:
         run_session(project, **RUN_PARAMS, **{"backbone.weights": str(weights)})
         run = latest_run(client)
-    assert run.data.params["backbone.name"] == "keras:Xception"
+    assert run.data.tags["backbone"] == "keras:Xception@71"
     assert run.data.metrics["features.computed"] == 24 * 2 + 48
     assert 0.0 <= run.data.metrics["finetune.test_accuracy"] <= 1.0

@@ -169,9 +169,25 @@ class SweepParams(_Strict):
         return names
 
 
+class RetrainingParams(_Strict):
+    min_improvement: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="test accuracy the challenger must gain over the champion to replace it",
+    )
+    lock_file: str = Field("data/.retraining.lock", description="held while a retraining runs")
+
+
+class InferenceParams(_Strict):
+    model_uri: str = Field("models:/image_classifier@champion", description="the model that classifies")
+    batch_size: int = Field(32, ge=1)
+
+
 class Parameters(_Strict):
     seed: int = 42
     raw_images_dir: str = "data/01_raw/images"
+    inference_dir: str = "data/01_raw/inference"
     split: SplitParams = SplitParams()
     ingestion: IngestionParams = IngestionParams()
     augmentation: AugmentationParams = AugmentationParams()
@@ -182,6 +198,8 @@ class Parameters(_Strict):
     evaluation: EvaluationParams = EvaluationParams()
     baseline: BaselineParams = BaselineParams()
     sweep: SweepParams = SweepParams()
+    retraining: RetrainingParams = RetrainingParams()
+    inference: InferenceParams = InferenceParams()
 
 
 class ParameterError(ProjectError):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import defaultdict
 from typing import Any
+from urllib.parse import urlparse
 
 import mlflow
 from kedro.framework.hooks import hook_impl
@@ -14,9 +16,15 @@ from kedro.pipeline.node import Node
 
 from image_classifier.backbones import check_weights_available
 from image_classifier.config import ParameterError, Parameters, validate_parameters
+from image_classifier.errors import ProjectError
 from image_classifier.pipelines import sweep
 
 logger = logging.getLogger(__name__)
+
+
+class TrackingServerError(ProjectError):
+    """The configured MLflow tracking server does not answer."""
+
 
 STAGES = ("ingestion", "augmentation", "features", "training", "fine_tuning", "evaluation", "baseline")
 
@@ -27,12 +35,15 @@ class ValidateParametersHook:
 
     def __init__(self) -> None:
         self._params: Parameters | None = None
+        self._tag_backbone = False
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
         self._params = validate_parameters(context.params)
 
-    @hook_impl
+    # tryfirst: a refusal here must come before kedro-mlflow opens the run, or that run would be
+    # left open (no pipeline-error hook fires for a failing before_pipeline_run).
+    @hook_impl(tryfirst=True)
     def before_pipeline_run(self, pipeline: Pipeline) -> None:
         if self._params is None:
             return
@@ -52,10 +63,39 @@ class ValidateParametersHook:
             wanted.update({name: params.sweep.weights.get(name) for name in params.sweep.backbones})
         for name, weights in wanted.items():
             check_weights_available(name, weights)
+        self._tag_backbone = bool(wanted) and not swept
+
+    @hook_impl
+    def before_node_run(self) -> None:
+        # backbone.input_size may be null (the native size) in the logged params: tag what ran.
+        if self._tag_backbone and self._params is not None and mlflow.active_run() is not None:
+            backbone = self._params.backbone
+            mlflow.set_tag("backbone", f"{backbone.name}@{backbone.input_size}")
+            self._tag_backbone = False
 
 
 def _in_sweep(node: Node) -> bool:
     return (node.namespace or "").startswith("sweep.")
+
+
+class TrackingServerHook:
+    """Stop at once, with a clear message, when the MLflow tracking server cannot be reached:
+    MLflow would otherwise retry each request for minutes, or fail after hours of training."""
+
+    @hook_impl(tryfirst=True)  # before kedro-mlflow's own set-up talks to the server
+    def after_context_created(self, context: Any) -> None:
+        uri = str(context.config_loader["mlflow"]["server"]["mlflow_tracking_uri"])
+        parsed = urlparse(uri)
+        if parsed.scheme not in ("http", "https"):
+            return
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=5).close()
+        except OSError as error:
+            raise TrackingServerError(
+                f"MLflow tracking server {uri} is unreachable ({error}). Start it, or point "
+                "MLFLOW_TRACKING_URI (or conf/*/mlflow.yml) at one that runs."
+            ) from None
 
 
 class StageTimerHook:

@@ -15,7 +15,9 @@ from image_classifier.pipelines import (
     evaluation,
     features,
     fine_tuning,
+    inference,
     ingestion,
+    retraining,
     sweep,
     training,
 )
@@ -39,7 +41,8 @@ def _sweep_backbones() -> list[str]:
 def register_pipelines() -> dict[str, Pipeline]:
     """Each stage alone, ``__default__`` running them all in order, ``baseline`` (ingestion, then a
     convnet from scratch) and ``sweep`` (ingestion, augmentation, then every backbone of
-    ``sweep.backbones`` through features, head and scoring) for comparison."""
+    ``sweep.backbones`` through features, head and scoring) for comparison; ``retraining`` (the
+    default stages, then promotion over the champion) and ``inference`` (a folder → predictions)."""
     stages = {
         "ingestion": ingestion.create_pipeline(),
         "augmentation": augmentation.create_pipeline(),
@@ -48,9 +51,13 @@ def register_pipelines() -> dict[str, Pipeline]:
         "fine_tuning": fine_tuning.create_pipeline(),
         "evaluation": evaluation.create_pipeline(),
     }
+    default = sum(stages.values(), Pipeline([]))
     return {
         **stages,
-        "__default__": sum(stages.values(), Pipeline([])),
+        "__default__": default,
+        "retraining": default + retraining.create_pipeline(),
+        "retraining_check": stages["ingestion"],
+        "inference": inference.create_pipeline(),
         "baseline": stages["ingestion"] + baseline.create_pipeline(),
         "sweep": stages["ingestion"] + stages["augmentation"] + sweep.create_pipeline(_sweep_backbones()),
     }

@@ -2,14 +2,16 @@
 
 from omegaconf.resolvers import oc
 
-from image_classifier.hooks import StageTimerHook, ValidateParametersHook
+from image_classifier.hooks import StageTimerHook, TrackingServerHook, ValidateParametersHook
 
 # Hooks run last-in-first-out.
-HOOKS = (ValidateParametersHook(), StageTimerHook())
+HOOKS = (TrackingServerHook(), ValidateParametersHook(), StageTimerHook())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # Declared here (kedro-mlflow adds it later) so that TrackingServerHook can read mlflow.yml.
+    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]},
     # oc.env lets mlflow.yml honour MLFLOW_TRACKING_URI; Kedro only enables it for credentials.
     "custom_resolvers": {"oc.env": oc.env},
 }

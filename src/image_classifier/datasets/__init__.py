@@ -4,9 +4,19 @@ from image_classifier.datasets.feature_store import FeatureStore, FeatureStoreDa
 from image_classifier.datasets.image_folder import ImageFolder, ImageFolderDataset, RawFolderError
 from image_classifier.datasets.image_index import ImageIndexDataset, index_digest
 from image_classifier.datasets.mlflow_classifier import MlflowClassifierDataset
+from image_classifier.datasets.model_registry import (
+    ChampionDataset,
+    ModelNotFoundError,
+    PromotionDataset,
+    PyfuncModelDataset,
+)
 from image_classifier.datasets.nested_run import NestedRunDataset
 
 __all__ = [
+    "ChampionDataset",
+    "ModelNotFoundError",
+    "PromotionDataset",
+    "PyfuncModelDataset",
     "FeatureStore",
     "FeatureStoreDataset",
     "ImageFolder",

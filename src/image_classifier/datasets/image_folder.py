@@ -34,11 +34,16 @@ class ImageFolderDataset(AbstractDataset[None, ImageFolder]):
     writes here: raw data is the user's and stays untouched.
     """
 
-    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+    def __init__(self, path: str, parameter: str = "raw_images_dir", metadata: dict[str, Any] | None = None):
         self._path = Path(path)
+        self._parameter = parameter
         self.metadata = metadata
 
     def load(self) -> ImageFolder:
+        if not self._path.is_dir() and self._parameter != "raw_images_dir":
+            raise RawFolderError(
+                f"image folder {self._path} does not exist: pass `--params {self._parameter}=<folder>`"
+            )
         if not self._path.is_dir():
             raise RawFolderError(
                 f"raw image folder {self._path} does not exist. Put images in "

@@ -1,0 +1,101 @@
+"""Promotion: the challenger replaces the champion only when it is better on the same images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from image_classifier.config import Parameters, RetrainingParams
+from image_classifier.datasets import ImageFolder, index_digest
+
+logger = logging.getLogger(__name__)
+
+# Sections that do not change the model a run trains.
+_NOT_TRAINING = {
+    "raw_images_dir",
+    "inference_dir",
+    "retraining",
+    "inference",
+    "sweep",
+    "baseline",
+    "evaluation",
+}
+
+
+def training_fingerprint(index: pd.DataFrame, parameters: dict[str, Any]) -> dict[str, str]:
+    """What a model depends on: the data (``dataset_digest``) and the training parameters."""
+    relevant = Parameters.model_validate(parameters).model_dump(exclude=_NOT_TRAINING)
+    params = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+    return {"dataset_digest": index_digest(index), "params_digest": params}
+
+
+def trained_on(run_tags: dict[str, str], fingerprint: dict[str, str]) -> bool:
+    """Whether the run behind these tags (its ``promotion.*`` record) had exactly these inputs."""
+    return all(run_tags.get(f"promotion.{key}") == value for key, value in fingerprint.items())
+
+
+def score_models(
+    challenger: dict[str, Any],
+    champion: dict[str, Any],
+    image_index: pd.DataFrame,
+    raw_images: ImageFolder,
+    batch_size: int,
+) -> dict[str, float | None]:
+    """Test accuracy of both registered models on the current test split, from the encoded
+    files, through the same pyfunc path that serves them: the same images for both."""
+    test = image_index.loc[image_index["split"] == "test"]
+    files = [raw_images.read_bytes(path) for path in test["path"]]
+    truth = test["label"].to_numpy()
+    scores = {"challenger": _accuracy(challenger["model"], files, truth, batch_size), "champion": None}
+    if champion["model"] is not None:
+        scores["champion"] = _accuracy(champion["model"], files, truth, batch_size)
+    return scores
+
+
+def _accuracy(model: Any, files: list[bytes], truth: np.ndarray, batch_size: int) -> float:
+    predicted: list[str] = []
+    for start in range(0, len(files), batch_size):
+        batch = np.empty(len(files[start : start + batch_size]), dtype=object)
+        batch[:] = files[start : start + batch_size]
+        predicted += model.predict(batch)["label"].tolist()
+    return float(np.mean(np.asarray(predicted) == truth))
+
+
+def decide_promotion(
+    scores: dict[str, float | None],
+    challenger: dict[str, Any],
+    champion: dict[str, Any],
+    image_index: pd.DataFrame,
+    parameters: dict[str, Any],
+    retraining: dict[str, Any],
+) -> dict[str, Any]:
+    """Promote when there is no champion, or when the challenger gains ``min_improvement`` or
+    more (a tie never promotes), unless nothing the model depends on changed since the champion."""
+    params = RetrainingParams(**retraining)
+    new, old = scores["challenger"], scores["champion"]
+    fingerprint = training_fingerprint(image_index, parameters)
+    if champion["version"] is None:
+        promote, reason = True, "first model: no champion yet"
+    elif trained_on(champion["tags"], fingerprint):
+        promote, reason = False, f"same data and parameters as champion v{champion['version']}"
+    elif new > old and new - old >= params.min_improvement:
+        promote, reason = True, f"better by {new - old:.4f} (at least {params.min_improvement} needed)"
+    else:
+        promote, reason = False, f"not better by {params.min_improvement} or more ({new:.4f} vs {old:.4f})"
+    logger.info("Promotion: %s (%s)", "promoted" if promote else "kept the champion", reason)
+    return {
+        "promote": promote,
+        "decision": "promoted" if promote else "kept champion",
+        "reason": reason,
+        "challenger_version": challenger["version"],
+        "challenger_score": new,
+        "champion_version": champion["version"],
+        "champion_score": old,
+        "min_improvement": params.min_improvement,
+        **fingerprint,
+    }

@@ -1,0 +1,146 @@
+"""One unattended retraining, for cron, systemd timers and orchestrators: ``make retrain``, or
+``image-classifier-retrain [--env ENV] [--params "a.b=1,c=2"]`` from the project root.
+
+- It holds ``retraining.lock_file`` (an OS lock, released even if the process is killed), so a
+  second invocation while one runs exits at once with code 75.
+- It is idempotent: it ingests first (seconds, not tracked) and, when an earlier retraining had
+  exactly this data and these training parameters, records a skipped run in MLflow and stops,
+  with no backbone work. Otherwise it runs the ``retraining`` pipeline, whose last step promotes
+  the challenger only if it beats the champion.
+- Exit codes: 0 done (promoted, kept or skipped), 1 failed, 75 another retraining holds the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from kedro_mlflow.framework.hooks import mlflow_hook
+from omegaconf import OmegaConf
+
+from image_classifier.config import validate_parameters
+from image_classifier.datasets.model_registry import champion
+from image_classifier.errors import find_project_error
+from image_classifier.pipelines.retraining.nodes import training_fingerprint
+from image_classifier.tracking import CHAMPION_ALIAS, REGISTERED_MODEL_NAME
+
+EXIT_OK, EXIT_FAILED, EXIT_LOCKED = 0, 1, 75
+logger = logging.getLogger("image_classifier.retrain")
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[bool]:
+    """Yield whether this process got the lock; the file records the holder's pid."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _runtime_params(dotted: str | None) -> dict[str, Any]:
+    items = [item for item in (dotted or "").split(",") if item.strip()]
+    return OmegaConf.to_container(OmegaConf.from_dotlist(items)) if items else {}
+
+
+def retrain(project: Path, env: str | None = None, params: dict[str, Any] | None = None) -> int:
+    """The whole job; returns the exit code. Errors propagate to ``main``."""
+    bootstrap_project(project)
+
+    def session() -> KedroSession:
+        return KedroSession.create(project_path=project, env=env, runtime_params=params or {})
+
+    with session() as first:
+        lock = project / validate_parameters(first.load_context().params).retraining.lock_file
+    with exclusive_lock(lock) as acquired:
+        if not acquired:
+            holder = lock.read_text().strip() or "?"
+            print(f"retraining is already running (pid {holder} holds {lock}); exiting", file=sys.stderr)
+            return EXIT_LOCKED
+        # kedro-mlflow's hook is one object per process and keeps the last tracked run's id; a
+        # pipeline with tracking disabled would re-open that finished run before each node.
+        mlflow_hook.run_id = None
+        with session() as check:
+            check.run(pipeline_names=["retraining_check"])
+            context = check.load_context()
+            fingerprint = training_fingerprint(context.catalog.load("image_index"), context.params)
+            experiment = context.config_loader["mlflow"]["tracking"]["experiment"]["name"]
+        current = champion(REGISTERED_MODEL_NAME, CHAMPION_ALIAS)
+        earlier = _retrained_on(experiment, fingerprint)
+        if current["version"] is not None and earlier is not None:
+            _record_skip(current["version"], earlier, fingerprint)
+            return EXIT_OK
+        with session() as full:
+            full.run(pipeline_names=["retraining"])
+    return EXIT_OK
+
+
+def _retrained_on(experiment: str, fingerprint: dict[str, str]) -> mlflow.entities.Run | None:
+    """The latest finished retraining with exactly these inputs, promoted or not: retraining again
+    would only repeat it (and a challenger that lost once would lose again every night)."""
+    conditions = [f"tags.`promotion.{key}` = '{value}'" for key, value in fingerprint.items()]
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=" and ".join(
+            [*conditions, "tags.`promotion.decision` != 'skipped'", "attributes.status = 'FINISHED'"]
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0] if runs else None
+
+
+def _record_skip(version: str, earlier: mlflow.entities.Run, fingerprint: dict[str, str]) -> None:
+    decision = earlier.data.tags.get("promotion.decision", "?")
+    reason = f"same data and parameters as run {earlier.info.run_id} ({decision}); champion stays v{version}"
+    with mlflow.start_run(run_name="retraining"):
+        mlflow.set_tags(
+            {
+                "promotion.decision": "skipped",
+                "promotion.reason": reason,
+                "promotion.champion_version": version,
+                **{f"promotion.{key}": value for key, value in fingerprint.items()},
+            }
+        )
+        mlflow.log_metrics({"features.computed": 0, "features.reused": 0})
+    print(f"Retraining skipped: {reason}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="image-classifier-retrain", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--env", help="Kedro configuration environment (default: local)")
+    parser.add_argument("--params", help='runtime parameters, as for kedro run: "a.b=1,c=2"')
+    args = parser.parse_args(argv)
+    try:
+        return retrain(Path.cwd(), args.env, _runtime_params(args.params))
+    except Exception as error:
+        problem = find_project_error(error)
+        if problem is None:
+            raise
+        print(f"Error: {problem}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
