@@ -13,6 +13,9 @@ Figures, with the parameters in conf/base (backbone, input size, views, batch si
   (f) peak RSS of a cold run on N images and on 4N images
   (g) one head epoch on cached features vs. one epoch of end-to-end training with the frozen
       backbone and online augmentation
+  (h) every installed engine and precision: backbone-only and cold end-to-end images/s, each as a
+      ratio to TensorFlow's, and the head's test accuracy on that engine's features
+  (i) the split of the CPU between loader threads and engine threads, for the configured engine
 Cold runs and RSS runs each happen in a fresh process on a fresh cache; nothing is written to the
 project's own cache.
 """
@@ -37,22 +40,25 @@ import keras
 import numpy as np
 from kedro.config import OmegaConfigLoader
 
-from image_classifier import settings
+from image_classifier import engines, settings
 from image_classifier.backbones import get_spec, load_pretrained
 from image_classifier.config import BackboneParams, FeaturesParams, TrainingParams
 from image_classifier.datasets import FeatureStoreDataset, ImageFolderDataset
 from image_classifier.loading import AugmentedImages, ViewLoader
 from image_classifier.models import classifier_head, feature_extractor, full_classifier
 from image_classifier.pipelines.augmentation.nodes import plan_views
-from image_classifier.pipelines.features.nodes import backbone_forward, compute_features
+from image_classifier.pipelines.features.nodes import compute_features
 from image_classifier.pipelines.ingestion.nodes import class_names, index_images
+from image_classifier.pipelines.training.nodes import train_head
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _params() -> dict[str, Any]:
+def _params(features: dict[str, Any] | None = None) -> dict[str, Any]:
     loader = OmegaConfigLoader(str(ROOT / "conf"), **settings.CONFIG_LOADER_ARGS)
-    return loader["parameters"]
+    params = loader["parameters"]
+    params["features"] = {**params["features"], **(features or {})}
+    return params
 
 
 def _raw_folder() -> Path:
@@ -97,17 +103,17 @@ def _compute(params: dict[str, Any], store: Path, fraction: float):
     return seconds, metrics, (train, validation, test, names, index, raw)
 
 
-def child(store: str, fraction: float) -> None:
+def child(store: str, fraction: float, features: str) -> None:
     """One caching run in this fresh process; prints its figures as JSON on the last line."""
-    seconds, metrics, _ = _compute(_params(), Path(store), fraction)
+    seconds, metrics, _ = _compute(_params(json.loads(features)), Path(store), fraction)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     figures = {k.split(".")[1]: v["value"] for k, v in metrics.items()}
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kb / 1024, **figures}))
 
 
-def _in_child(store: Path, fraction: float) -> dict[str, float]:
+def _in_child(store: Path, fraction: float, **features: Any) -> dict[str, float]:
     done = subprocess.run(
-        [sys.executable, __file__, "--child", str(store), str(fraction)],
+        [sys.executable, __file__, "--child", str(store), str(fraction), json.dumps(features)],
         capture_output=True,
         text=True,
         check=False,
@@ -120,7 +126,7 @@ def _in_child(store: Path, fraction: float) -> dict[str, float]:
 def backbone_only(params: dict[str, Any], raw, index) -> float:
     """(a) images/s of the pipeline's own traced backbone on tensors already in memory (best pass)."""
     backbone, features = BackboneParams(**params["backbone"]), FeaturesParams(**params["features"])
-    forward = backbone_forward(backbone)
+    forward = engines.backbone_forward(backbone, features)
     loader = ViewLoader(raw, backbone.input_size)
     rows = index.head(features.batch_size * 4)
     images = np.stack([loader(p, s, 0) for p, s in zip(rows["path"], rows["sha256"], strict=True)])
@@ -226,23 +232,28 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--fraction", type=float, default=1.0, help="share of the demo images to use")
-    parser.add_argument("--child", nargs=2, metavar=("STORE", "FRACTION"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, metavar=("STORE", "FRACTION", "FEATURES"), help=argparse.SUPPRESS)
+    parser.add_argument("--engines-only", action="store_true", help="only (h) and (i)")
     args = parser.parse_args()
     logging.disable(logging.INFO)
     if args.child:
-        child(args.child[0], float(args.child[1]))
+        child(args.child[0], float(args.child[1]), args.child[2])
         return
 
     params = _params()
     full = args.fraction
     print(
-        f"backbone {params['backbone']['name']}@{params['backbone']['input_size']}, "
+        f"backbone {params['backbone']['name']}@{BackboneParams(**params['backbone']).input_size}, "
         f"{params['augmentation']['views']} views, batch {params['features']['batch_size']}, "
-        f"{params['features']['workers']} loader threads, {os.cpu_count()} CPUs"
+        f"{params['features']['workers']} loader threads, engine {params['features']['engine']} "
+        f"{params['features']['precision']}, {os.cpu_count()} CPUs"
     )
     with tempfile.TemporaryDirectory(prefix="feature-cache-bench-") as scratch:
         scratch_path = Path(scratch)
         raw, index, _, _ = _inputs(params, full)
+        if args.engines_only:
+            compare_engines(params, raw, index, scratch_path, full)
+            return
         a = backbone_only(params, raw, index)
         print(f"(a) backbone only, pre-decoded:       {a:7.1f} images/s")
 
@@ -277,6 +288,45 @@ def main() -> None:
             f"(g) head epoch on cache:              {g['head_epoch_s']:7.2f} s ({g['head_vectors']} cached views)\n"
             f"    frozen end-to-end epoch:          {g['e2e_epoch_s']:7.1f} s ({g['e2e_images']} images, scaled from 8 batches)\n"
             f"    ratio:                            {g['ratio']:7.0f}x   (target >= 20x)"
+        )
+        compare_engines(params, raw, index, scratch_path, full)
+
+
+# (engine, precision) in the order printed; TensorFlow first, as every ratio's denominator.
+VARIANTS = [("tensorflow", "fp32"), ("openvino", "fp32"), ("onnxruntime", "fp32"), ("openvino", "bf16")]
+
+
+def compare_engines(params: dict[str, Any], raw, index, scratch: Path, fraction: float) -> None:
+    """(h) each installed engine side by side, and (i) the thread split for the configured one."""
+    print("(h) engine        precision  backbone-only  end-to-end (cold)   e2e/backbone  head test acc")
+    base: dict[str, float] = {}
+    for engine, precision in VARIANTS:
+        if not engines.installed(engine):
+            print(f"    {engine:<13} {precision:<9}  not installed")
+            continue
+        features = {"engine": engine, "precision": precision}
+        a = backbone_only(_params(features), raw, index)
+        cold = _in_child(scratch / f"{engine}-{precision}", fraction, **features)
+        b = cold["computed"] / cold["seconds"]
+        base = base or {"a": a, "b": b}
+        _, _, cached = _compute(_params(features), scratch / f"{engine}-{precision}", fraction)
+        train, validation, test = cached[:3]
+        _, metrics, _ = train_head(train, validation, test, cached[3], params["training"], params["seed"])
+        print(
+            f"    {engine:<13} {precision:<9}  {a:6.1f} ({a / base['a']:4.2f}x)  {b:6.1f} img/s ({b / base['b']:4.2f}x)"
+            f"   {b / a:6.3f}        {metrics['head.test_accuracy']['value']:.4f}"
+        )
+    engine = params["features"]["engine"]
+    print(
+        f"(i) thread split for {engine} ({os.cpu_count()} CPUs), cold end-to-end on a quarter of the images:"
+    )
+    for workers, threads in ((1, 1), (1, 0), (2, 1), (2, 0)):
+        run = _in_child(
+            scratch / f"split-{workers}-{threads}", fraction / 4, workers=workers, engine_threads=threads
+        )
+        shown = threads or "all"
+        print(
+            f"    {workers} loader threads, engine threads {shown:<3}: {run['computed'] / run['seconds']:6.1f} images/s"
         )
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import socket
 import struct
+import subprocess
+import time
+import urllib.request
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,6 +128,24 @@ def run_session(project: Path, pipeline: str = "__default__", **dotted) -> None:
 def latest_run(client: mlflow.MlflowClient) -> mlflow.entities.Run:
     experiment = client.get_experiment_by_name("image_classifier")
     return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])[0]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float) -> None:
+    """Poll ``url`` until it answers; fail with the server's stderr if it dies or times out."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert process.poll() is None and time.time() < deadline, process.stderr.read()[-3000:]
+            time.sleep(1)
 
 
 @pytest.fixture(autouse=True)

@@ -1,16 +1,14 @@
 """A real `mlflow server` (sqlite backend, local artifact store) started by the test: a tiny
 retraining logs there and promotes there; an unreachable server stops a run at once."""
 
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import mlflow
 import pytest
 
-from conftest import scratch_project
+from conftest import free_port, scratch_project, wait_until_up
 from image_classifier.hooks import TrackingServerError
 from image_classifier.retrain import retrain
 
@@ -22,15 +20,9 @@ PARAMS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root, port = tmp_path_factory.mktemp("mlflow_server"), _free_port()
+    root, port = tmp_path_factory.mktemp("mlflow_server"), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
         + ["--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--serve-artifacts"]
@@ -39,14 +31,7 @@ def server(tmp_path_factory):
         stderr=subprocess.PIPE,
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            assert process.poll() is None and time.time() < deadline, process.stderr.read()[-3000:]
-            time.sleep(1)
+    wait_until_up(f"{uri}/health", process, timeout=120)
     yield uri, root
     process.terminate()
     process.wait(timeout=30)
@@ -73,7 +58,7 @@ def test_an_unreachable_server_stops_the_run_before_any_work(tmp_path, tiny_demo
     project = scratch_project(tmp_path / "project", tiny_demo)
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.chdir(project)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
         start = time.perf_counter()
         with pytest.raises(TrackingServerError, match="unreachable"):
             retrain(project, params=PARAMS)

@@ -89,12 +89,25 @@ class BackboneParams(_Strict):
 
 
 class FeaturesParams(_Strict):
-    engine: Literal["tensorflow"] = "tensorflow"
-    precision: Literal["fp32", "fp16"] = Field(
-        "fp32", description="how cached vectors are stored; fp16 halves the cache, computing stays fp32"
+    engine: Literal["auto", "tensorflow", "openvino", "onnxruntime"] = Field(
+        "openvino",
+        description="runs the frozen backbone; auto: the first installed of openvino, onnxruntime, tensorflow",
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="what the engine computes in; bf16 (openvino only) is faster and inexact"
+    )
+    storage: Literal["fp32", "fp16"] = Field(
+        "fp32", description="how cached vectors are stored; fp16 halves the cache"
     )
     batch_size: int = Field(64, ge=1)
     workers: int = Field(2, ge=1, description="threads decoding and augmenting ahead of the backbone")
+    engine_threads: int = Field(0, ge=0, description="threads the engine computes with; 0: its default")
+
+    @model_validator(mode="after")
+    def _bf16_needs_openvino(self) -> FeaturesParams:
+        if self.precision == "bf16" and self.engine not in ("openvino", "auto"):
+            raise ValueError(f"features.precision: bf16 needs features.engine openvino, not {self.engine}")
+        return self
 
 
 class TrainingParams(_Strict):

@@ -1,4 +1,5 @@
-"""Project hooks: parameter validation at start-up, and wall time per stage (console and MLflow)."""
+"""Project hooks: parameters, backbone weights, feature engine and tracking server checked before any
+work; wall time per stage (console and MLflow)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 
+from image_classifier import engines
 from image_classifier.backbones import check_weights_available
 from image_classifier.config import ParameterError, Parameters, validate_parameters
 from image_classifier.errors import ProjectError
@@ -63,6 +65,8 @@ class ValidateParametersHook:
             wanted.update({name: params.sweep.weights.get(name) for name in params.sweep.backbones})
         for name, weights in wanted.items():
             check_weights_available(name, weights)
+        if any("params:features" in n.inputs for n in pipeline.nodes):
+            engines.resolve(params.features.engine)
         self._tag_backbone = bool(wanted) and not swept
 
     @hook_impl

@@ -26,7 +26,7 @@ def inputs(tiny_demo):
     return _inputs(tiny_demo)
 
 
-def _run(inputs, store_dir, weights_dir, input_size=64, augmentation=AUGMENTATION, precision="fp32"):
+def _run(inputs, store_dir, weights_dir, input_size=64, augmentation=AUGMENTATION, storage="fp32"):
     raw, index, plan, names = inputs
     return compute_features(
         plan,
@@ -35,7 +35,7 @@ def _run(inputs, store_dir, weights_dir, input_size=64, augmentation=AUGMENTATIO
         FeatureStoreDataset(str(store_dir)).load(),
         names,
         {"name": "mobilenet_v2", "input_size": input_size, "cache_dir": str(weights_dir)},
-        {"batch_size": 16, "workers": 2, "precision": precision},
+        {"batch_size": 16, "workers": 2, "storage": storage},
         augmentation,
         42,
     )
@@ -49,7 +49,11 @@ def test_every_key_field_changes_the_key():
         cache_key("a" * 64, 2, context, "aug1"),  # view index
         cache_key("a" * 64, 1, context, "aug2"),  # augmentation config
         cache_key("a" * 64, 1, backbone_context(BackboneParams(input_size=128), FeaturesParams()), "aug1"),
-        cache_key("a" * 64, 1, backbone_context(BackboneParams(), FeaturesParams(precision="fp16")), "aug1"),
+        cache_key("a" * 64, 1, backbone_context(BackboneParams(), FeaturesParams(storage="fp16")), "aug1"),
+        cache_key("a" * 64, 1, backbone_context(BackboneParams(), FeaturesParams(precision="bf16")), "aug1"),
+        cache_key(
+            "a" * 64, 1, backbone_context(BackboneParams(), FeaturesParams(engine="tensorflow")), "aug1"
+        ),
     ]
     assert len({base, *variants}) == 1 + len(variants)
     # Backbone name and weights hash are in the context string that every key hashes.
@@ -121,9 +125,9 @@ def test_a_killed_run_is_finished_by_the_next_one(inputs, tmp_path, monkeypatch)
     np.testing.assert_allclose(train["features"], clean_train["features"], rtol=1e-5, atol=1e-6)
 
 
-def test_fp16_precision_halves_the_cache_and_keeps_the_features(inputs, tmp_path):
+def test_fp16_storage_halves_the_cache_and_keeps_the_features(inputs, tmp_path):
     train32, _, _, metrics32 = _run(inputs, tmp_path / "fp32", tmp_path / "weights")
-    train16, _, _, metrics16 = _run(inputs, tmp_path / "fp16", tmp_path / "weights", precision="fp16")
+    train16, _, _, metrics16 = _run(inputs, tmp_path / "fp16", tmp_path / "weights", storage="fp16")
     assert train16["features"].dtype == np.float32  # widened again for training
     np.testing.assert_allclose(train16["features"], train32["features"], rtol=2e-3, atol=2e-3)
     ratio = metrics16["features.cache_bytes"]["value"] / metrics32["features.cache_bytes"]["value"]

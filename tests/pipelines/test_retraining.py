@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import demo_dataset, run_session, scratch_project, tracked, write_photo
+from conftest import (
+    demo_dataset,
+    free_port,
+    run_session,
+    scratch_project,
+    tracked,
+    wait_until_up,
+    write_photo,
+)
 from image_classifier.retrain import EXIT_LOCKED, exclusive_lock, retrain
 
 PARAMS = {
@@ -140,15 +147,9 @@ def test_inference_classifies_a_folder_and_lists_unreadable_files(history, tmp_p
     assert bad["label"] == "" and "not an image" in bad["error"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_for_the_champion(history):
     project = history["project"]
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/image_classifier@champion"]
         + ["--host", "127.0.0.1", "--port", str(port), "--env-manager", "local"],
@@ -160,14 +161,7 @@ def test_mlflow_models_serve_answers_for_the_champion(history):
         start_new_session=True,  # its workers share the group: stopped together by the server's PID
     )
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, server.stderr.read()[-3000:]
-                time.sleep(1)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server, timeout=180)
         photo = np.asarray(Image.open(sorted((demo_dataset() / "test" / "hat").iterdir())[0]).convert("RGB"))
         body = json.dumps({"inputs": photo[None].tolist()}).encode()
         request = urllib.request.Request(

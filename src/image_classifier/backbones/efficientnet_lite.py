@@ -16,6 +16,8 @@ import math
 import keras
 import numpy as np
 
+from image_classifier.backbones.torch_weights import linear_layer
+
 # (repeats, kernel, first stride, expansion, input channels, output channels), EfficientNet-B0's.
 _BLOCKS = (
     (1, 3, 1, 1, 32, 16),
@@ -115,8 +117,4 @@ def assign_weights(model: keras.Model, state_dict: dict[str, np.ndarray]) -> Non
 
 def imagenet_classifier(state_dict: dict[str, np.ndarray]) -> keras.layers.Dense:
     """The checkpoint's 1000-way ImageNet classifier, for known-answer checks of the port."""
-    weight, bias = state_dict["_fc.weight"], state_dict["_fc.bias"]
-    dense = keras.layers.Dense(weight.shape[0], name="imagenet_logits")
-    dense.build((None, weight.shape[1]))
-    dense.set_weights([weight.T, bias])
-    return dense
+    return linear_layer(state_dict["_fc.weight"], state_dict["_fc.bias"], "imagenet_logits")

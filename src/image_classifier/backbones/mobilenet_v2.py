@@ -11,6 +11,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from image_classifier.backbones.torch_weights import linear_layer
+
 # (expansion t, output channels c, repeats n, first stride s), as in the paper and torchvision.
 _INVERTED_RESIDUAL_SETTING = (
     (1, 16, 1, 1),
@@ -120,8 +122,4 @@ def assign_weights(model: keras.Model, state_dict: dict[str, np.ndarray]) -> Non
 
 def imagenet_classifier(state_dict: dict[str, np.ndarray]) -> keras.layers.Dense:
     """torchvision's 1000-way ImageNet classifier, for known-answer checks of the port."""
-    weight, bias = state_dict["classifier.1.weight"], state_dict["classifier.1.bias"]
-    dense = keras.layers.Dense(weight.shape[0], name="imagenet_logits")
-    dense.build((None, weight.shape[1]))
-    dense.set_weights([weight.T, bias])
-    return dense
+    return linear_layer(state_dict["classifier.1.weight"], state_dict["classifier.1.bias"], "imagenet_logits")

@@ -155,3 +155,13 @@ def read_state_dict(path: str | Path, expected_sha256: str | None = None) -> dic
         name: value.materialise() if isinstance(value, _TensorRef) else np.asarray(value)
         for name, value in state.items()
     }
+
+
+def linear_layer(weight: np.ndarray, bias: np.ndarray, name: str):
+    """A Keras ``Dense`` holding a PyTorch ``Linear``'s (out, in) weight and bias."""
+    import keras  # here only: reading weights must not need TensorFlow
+
+    dense = keras.layers.Dense(weight.shape[0], name=name)
+    dense.build((None, weight.shape[1]))
+    dense.set_weights([weight.T, bias])
+    return dense

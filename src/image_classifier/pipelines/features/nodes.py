@@ -5,20 +5,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from tqdm.auto import tqdm
 
+from image_classifier import engines
 from image_classifier.augment import config_hash
-from image_classifier.backbones import get_spec, load_pretrained, weights_identity
+from image_classifier.backbones import weights_identity
 from image_classifier.config import AugmentationParams, BackboneParams, FeaturesParams
 from image_classifier.datasets import FeatureStore, ImageFolder
 from image_classifier.loading import ViewLoader, iter_batches
-from image_classifier.models import feature_extractor
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +36,11 @@ def cache_key(sha256: str, view: int, context: str, augmentation_hash: str) -> s
 
 def backbone_context(backbone: BackboneParams, features: FeaturesParams) -> str:
     weights = weights_identity(backbone.name, backbone.weights)
+    # Compute precision joins the key only when it is not fp32, so fp32 caches keep their keys.
+    precision = f"|{features.precision}" if features.precision != "fp32" else ""
     return (
-        f"{backbone.name}|{weights}|{backbone.input_size}|{features.engine}|{features.precision}"
-        f"|{PIXELS_VERSION}"
+        f"{backbone.name}|{weights}|{backbone.input_size}|{engines.resolve(features.engine)}"
+        f"|{features.storage}{precision}|{PIXELS_VERSION}"
     )
 
 
@@ -52,20 +52,6 @@ def _items(view_plan: pd.DataFrame, image_index: pd.DataFrame) -> dict[str, pd.D
     return items
 
 
-def backbone_forward(backbone: BackboneParams) -> Callable[[np.ndarray], np.ndarray]:
-    """The pretrained feature extractor as one traced function: uint8 batch → float32 vectors."""
-    spec = get_spec(backbone.name)
-    trunk = load_pretrained(spec.name, backbone.input_size, backbone.cache_dir, backbone.weights)
-    extractor = feature_extractor(trunk, spec, backbone.input_size)
-    size = backbone.input_size
-    # A fixed signature with a free batch dimension: the last, smaller batch reuses the trace.
-    forward = tf.function(
-        lambda images: extractor(images, training=False),
-        input_signature=[tf.TensorSpec((None, size, size, 3), tf.uint8)],
-    )
-    return lambda batch: forward(tf.constant(batch)).numpy()
-
-
 def _compute_missing(
     todo: list[tuple[str, str, int, str]],
     store: FeatureStore,
@@ -75,15 +61,19 @@ def _compute_missing(
     augmentation: AugmentationParams,
     seed: int,
 ) -> None:
-    forward = backbone_forward(backbone)
-    dtype = _STORED_DTYPE[features.precision]
+    forward = engines.backbone_forward(backbone, features)
+    dtype = _STORED_DTYPE[features.storage]
     loader = ViewLoader(
         raw, backbone.input_size, tuple(t.model_dump() for t in augmentation.transforms), seed
     )
     pending_keys: list[str] = []
     pending_vectors: list[np.ndarray] = []
     start = time.perf_counter()
-    with tqdm(total=len(todo), desc=f"features [{backbone.name}@{backbone.input_size}]", unit="img") as bar:
+    with tqdm(
+        total=len(todo),
+        desc=f"features [{backbone.name}@{backbone.input_size}, {engines.resolve(features.engine)}]",
+        unit="img",
+    ) as bar:
         batches = iter_batches([t[:3] for t in todo], loader, features.batch_size, features.workers)
         for offset, batch in zip(range(0, len(todo), features.batch_size), batches, strict=True):
             pending_keys += [t[3] for t in todo[offset : offset + len(batch)]]

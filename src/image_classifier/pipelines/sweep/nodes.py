@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
+from image_classifier import engines
 from image_classifier.config import BackboneParams, FeaturesParams, SweepParams
 from image_classifier.datasets import ImageFolder
 from image_classifier.loading import ViewLoader, iter_batches
-from image_classifier.pipelines.features.nodes import backbone_forward
 from image_classifier.pipelines.training.nodes import history_metrics
 
 logger = logging.getLogger(__name__)
@@ -44,11 +44,12 @@ def images_per_second(
     count = SweepParams(**sweep).throughput_images
     if count == 0:
         return 0.0
-    params, batch_size = BackboneParams(**backbone), FeaturesParams(**features).batch_size
+    params, features_params = BackboneParams(**backbone), FeaturesParams(**features)
+    batch_size = features_params.batch_size
     test = image_index.loc[image_index["split"] == "test"].head(count)
     items = list(zip(test["path"], test["sha256"], [0] * len(test), strict=True))
     batches = list(iter_batches(items, ViewLoader(raw_images, params.input_size), batch_size, 1))
-    forward = backbone_forward(params)
+    forward = engines.backbone_forward(params, features_params)
     forward(batches[0])
     start = time.perf_counter()
     for batch in batches:
