@@ -48,6 +48,7 @@ def test_default_pipeline_tracks_everything_and_registers_the_model(project, tra
     assert all(metrics[f"time.{stage}_s"] >= 0 for stage in ("ingestion", "features", "fine_tuning"))
     assert [m.step for m in tracking.get_metric_history(run.info.run_id, "head.history.loss")] == [0]
     assert run.data.params["backbone.input_size"] == "96" and run.data.tags["backbone"] == "mobilenet_v2@96"
+    assert run.data.tags["engine"] == "onnxruntime"
     artifacts = {a.path for a in tracking.list_artifacts(run.info.run_id)}
     expected = {
         "confusion_matrix.png",

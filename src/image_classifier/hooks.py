@@ -74,7 +74,12 @@ class ValidateParametersHook:
         # backbone.input_size may be null (the native size) in the logged params: tag what ran.
         if self._tag_backbone and self._params is not None and mlflow.active_run() is not None:
             backbone = self._params.backbone
-            mlflow.set_tag("backbone", f"{backbone.name}@{backbone.input_size}")
+            mlflow.set_tags(
+                {
+                    "backbone": f"{backbone.name}@{backbone.input_size}",
+                    "engine": engines.resolve(self._params.features.engine),  # what `auto` chose
+                }
+            )
             self._tag_backbone = False
 
 
