@@ -17,7 +17,7 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup data run test lint ui clean-outputs retrain serve airflow-dag
+.PHONY: setup data run test test-fast lint ui clean-outputs retrain serve airflow-dag
 
 setup: $(STAMP)
 
@@ -51,8 +51,14 @@ data:
 run: setup data
 	$(BIN)/kedro run
 
+# Everything, as CI runs it.
 test: setup
 	$(BIN)/python -m pytest
+
+# The fast tier (under 2 minutes): config, datasets, node units and pipeline wiring; nothing that
+# trains, converts a network, runs a Kedro session or starts a server.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 # One unattended retraining (see README, "Retraining"): exit 0 done, 1 failed, 75 already running.
 retrain: setup

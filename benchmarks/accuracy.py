@@ -30,8 +30,9 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from omegaconf import OmegaConf
 
+from image_classifier.pipeline_registry import DEFAULT_STAGES
+
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("ingestion", "augmentation", "features", "training", "fine_tuning", "evaluation")
 
 
 def _raw_folder() -> Path:
@@ -102,7 +103,7 @@ def main() -> None:
             f"({baseline['wall_s']:.0f} s)"
         )
     print("stage wall times of the default run:")
-    for stage in STAGES:
+    for stage in DEFAULT_STAGES:
         print(f"  {stage:<13} {full.get(f'time.{stage}_s', float('nan')):8.1f} s")
     print(f"  {'total':<13} {full['wall_s']:8.1f} s (session, including start-up)")
 

@@ -57,7 +57,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def _params(features: dict[str, Any] | None = None) -> dict[str, Any]:
     loader = OmegaConfigLoader(str(ROOT / "conf"), **settings.CONFIG_LOADER_ARGS)
     params = loader["parameters"]
-    params["features"] = {**params["features"], **(features or {})}
+    overrides = dict(features or {})
+    # Loader threads are `loading.workers`, shared by every stage; the rest are `features.*`.
+    if "workers" in overrides:
+        params["loading"] = {**params["loading"], "workers": overrides.pop("workers")}
+    params["features"] = {**params["features"], **overrides}
     return params
 
 
@@ -97,6 +101,7 @@ def _compute(params: dict[str, Any], store: Path, fraction: float):
         params["backbone"],
         params["features"],
         params["augmentation"],
+        params["loading"]["workers"],
         params["seed"],
     )
     seconds = time.perf_counter() - start
@@ -150,7 +155,7 @@ def head_vs_end_to_end(params: dict[str, Any], cached, sample_batches: int = 8) 
     """
     train, validation, _, names, index, raw = cached
     training = TrainingParams(**params["training"])
-    backbone, features = BackboneParams(**params["backbone"]), FeaturesParams(**params["features"])
+    backbone = BackboneParams(**params["backbone"])
 
     def compiled(model):
         model.compile(keras.optimizers.Adam(training.learning_rate), "sparse_categorical_crossentropy")
@@ -190,7 +195,7 @@ def head_vs_end_to_end(params: dict[str, Any], cached, sample_batches: int = 8) 
         rows["label"].map(label_ids).to_numpy(),
         training.batch_size,
         params["seed"],
-        features.workers,
+        params["loading"]["workers"],
     )
     timer = _Timer()
     model.fit(sample, epochs=1, verbose=0, callbacks=[timer])
@@ -245,7 +250,7 @@ def main() -> None:
     print(
         f"backbone {params['backbone']['name']}@{BackboneParams(**params['backbone']).input_size}, "
         f"{params['augmentation']['views']} views, batch {params['features']['batch_size']}, "
-        f"{params['features']['workers']} loader threads, engine {params['features']['engine']} "
+        f"{params['loading']['workers']} loader threads, engine {params['features']['engine']} "
         f"{params['features']['precision']}, {os.cpu_count()} CPUs"
     )
     with tempfile.TemporaryDirectory(prefix="feature-cache-bench-") as scratch:

@@ -2,20 +2,69 @@ import pytest
 from kedro.config import OmegaConfigLoader
 
 from conftest import PROJECT_ROOT
-from image_classifier.config import ParameterError, validate_parameters
+from image_classifier.config import (
+    CATALOG_SETTINGS,
+    ParameterError,
+    Parameters,
+    check_catalog_settings,
+    model_settings,
+    validate_parameters,
+)
 from image_classifier.settings import CONFIG_LOADER_ARGS
 
 
-def test_shipped_parameters_are_valid():
-    loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), **CONFIG_LOADER_ARGS)
-    params = validate_parameters(loader["parameters"])
-    assert params.backbone.name == "mobilenet_v2"
-    assert params.raw_images_dir == "data/01_raw/images"
+def _conf(**runtime_params):
+    return OmegaConfigLoader(str(PROJECT_ROOT / "conf"), runtime_params=runtime_params, **CONFIG_LOADER_ARGS)
+
+
+def _leaves(tree, prefix=""):
+    """Dotted names of every setting, descending into sections but not into list items."""
+    for key, value in tree.items():
+        if isinstance(value, dict) and key not in ("params", "weights"):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def test_shipped_parameters_are_the_schema_defaults():
+    """config.py holds every default; the YAML documents the same values. Either drifting fails."""
+    shipped = _conf()["parameters"]
+    assert validate_parameters(shipped) == Parameters()
+    # ... and documents every setting, except those the catalog reads from globals.yml.
+    documented = set(_leaves(shipped))
+    schema = set(_leaves(Parameters().model_dump())) - set(CATALOG_SETTINGS)
+    assert documented == schema
+
+
+def test_the_catalog_settings_have_one_home_in_globals():
+    conf = _conf()
+    globals_ = conf["globals"]
+    assert globals_["raw_images_dir"] == "data/01_raw/images"
+    assert globals_["inference"]["model_uri"] == "models:/image_classifier@champion"
+    catalog = conf["catalog"]
+    assert catalog["raw_images"]["path"] == globals_["raw_images_dir"]
+    assert catalog["image_index"]["source"] == globals_["raw_images_dir"]
+    assert catalog["inference_images"]["path"] == globals_["inference_dir"]
+    assert catalog["inference_model"]["model_uri"] == globals_["inference"]["model_uri"]
+    # --params wins over globals.yml, in the catalog and in the parameters alike.
+    overridden = _conf(raw_images_dir="elsewhere", inference={"model_uri": "models:/x/1"})
+    assert overridden["catalog"]["raw_images"]["path"] == "elsewhere"
+    assert overridden["catalog"]["inference_model"]["model_uri"] == "models:/x/1"
+
+
+def test_a_catalog_setting_in_a_parameters_file_is_refused():
+    check_catalog_settings({"raw_images_dir": "x"}, {"raw_images_dir": "x"})  # from --params: fine
+    with pytest.raises(ParameterError, match=r"raw_images_dir.*globals\.yml"):
+        check_catalog_settings({"raw_images_dir": "x"}, {})
+    with pytest.raises(ParameterError, match=r"inference\.model_uri"):
+        check_catalog_settings({"inference": {"model_uri": "models:/x/1", "batch_size": 4}}, {})
 
 
 def test_unknown_keys_are_named():
     with pytest.raises(ParameterError, match=r"training\.epoch: unknown parameter"):
         validate_parameters({"training": {"epoch": 3}})
+    with pytest.raises(ParameterError, match=r"features\.workers: unknown parameter"):
+        validate_parameters({"features": {"workers": 3}})  # now loading.workers, for every loader
 
 
 def test_bad_values_are_named_with_the_value():
@@ -23,3 +72,31 @@ def test_bad_values_are_named_with_the_value():
         validate_parameters({"fine_tuning": {"learning_rate": -1}})
     with pytest.raises(ParameterError, match="split"):
         validate_parameters({"split": {"validation": 0.6, "test": 0.5}})
+
+
+def test_model_settings_leave_out_what_does_not_change_the_model():
+    base = model_settings(Parameters())
+    same = [
+        {"loading": {"workers": 7}},
+        {"ingestion": {"workers": 9}},
+        {"features": {"engine_threads": 1, "batch_size": 8}},
+        {"fine_tuning": {"strategy": "default"}},
+        {"backbone": {"cache_dir": "/elsewhere"}},
+        {"evaluation": {"batch_size": 3}},
+        {"retraining": {"min_improvement": 0.5}},
+        {"sweep": {"throughput_images": 0}},
+        {"raw_images_dir": "/photos"},
+    ]
+    for change in same:
+        assert model_settings(validate_parameters(change)) == base, change
+    different = [
+        {"seed": 1},
+        {"training": {"learning_rate": 0.01}},
+        {"fine_tuning": {"unfreeze_layers": 10}},
+        {"augmentation": {"views": 2}},
+        {"backbone": {"input_size": 160}},
+        {"features": {"storage": "fp16"}},
+        {"split": {"test": 0.2}},
+    ]
+    for change in different:
+        assert model_settings(validate_parameters(change)) != base, change

@@ -10,8 +10,12 @@ from conftest import latest_run, run_session, scratch_project, tracked
 
 RUN_PARAMS = {
     "backbone.input_size": 96,
-    "training.epochs": 1,
+    # Seconds on cached features, and enough for the head to beat chance (1/3) on the tiny set.
+    "training.epochs": 20,
     "fine_tuning.epochs": 1,
+    # A full-rate step over 40 layers on 24 photos is noise: a gentle one keeps the head's accuracy.
+    "fine_tuning.unfreeze_layers": 4,
+    "fine_tuning.learning_rate": 1e-5,
     "augmentation.views": 2,
 }
 
@@ -42,11 +46,13 @@ def test_default_pipeline_tracks_everything_and_registers_the_model(project, tra
         "finetune.test_accuracy",
         "test_macro_f1",
     ):
-        assert 0.0 <= metrics[name] <= 1.0, name
+        # Chance is 1/3: more than 12 of 24 right happens by chance about 1.5% of the time.
+        assert metrics[name] > 0.5, name
     assert metrics["features.computed"] == 24 * 2 + 48 and metrics["features.reused"] == 0
     assert metrics["ingestion.accepted"] == 72
     assert all(metrics[f"time.{stage}_s"] >= 0 for stage in ("ingestion", "features", "fine_tuning"))
-    assert [m.step for m in tracking.get_metric_history(run.info.run_id, "head.history.loss")] == [0]
+    steps = [m.step for m in tracking.get_metric_history(run.info.run_id, "head.history.loss")]
+    assert steps == list(range(len(steps))) and len(steps) > 1
     assert run.data.params["backbone.input_size"] == "96" and run.data.tags["backbone"] == "mobilenet_v2@96"
     assert run.data.tags["engine"] == "onnxruntime"
     artifacts = {a.path for a in tracking.list_artifacts(run.info.run_id)}

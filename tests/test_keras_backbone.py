@@ -4,6 +4,7 @@ stops before any work; with a user's weights file the whole default pipeline run
 import time
 
 import keras
+import pandas as pd
 import pytest
 
 from conftest import latest_run, run_session, scratch_project, tracked
@@ -49,4 +50,8 @@ def test_with_a_weights_file_the_default_pipeline_runs(project, offline, tmp_pat
         run = latest_run(client)
     assert run.data.tags["backbone"] == "keras:Xception@71"
     assert run.data.metrics["features.computed"] == 24 * 2 + 48
-    assert 0.0 <= run.data.metrics["finetune.test_accuracy"] <= 1.0
+    # Random weights learn nothing worth a threshold; the figures must still be the model's own.
+    predictions = pd.read_csv(project / "data/07_model_output/test_predictions.csv")
+    assert len(predictions) == 24
+    accuracy = (predictions["label"] == predictions["predicted"]).mean()
+    assert run.data.metrics["finetune.test_accuracy"] == pytest.approx(accuracy)

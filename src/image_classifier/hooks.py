@@ -12,23 +12,26 @@ from urllib.parse import urlparse
 
 import mlflow
 from kedro.framework.hooks import hook_impl
+from kedro.framework.project import pipelines
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 
 from image_classifier import engines
 from image_classifier.backbones import check_weights_available
-from image_classifier.config import ParameterError, Parameters, validate_parameters
+from image_classifier.config import (
+    ParameterError,
+    Parameters,
+    check_catalog_settings,
+    sweep_namespace,
+    validate_parameters,
+)
 from image_classifier.errors import ProjectError
-from image_classifier.pipelines import sweep
 
 logger = logging.getLogger(__name__)
 
 
 class TrackingServerError(ProjectError):
     """The configured MLflow tracking server does not answer."""
-
-
-STAGES = ("ingestion", "augmentation", "features", "training", "fine_tuning", "evaluation", "baseline")
 
 
 class ValidateParametersHook:
@@ -41,7 +44,9 @@ class ValidateParametersHook:
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
-        self._params = validate_parameters(context.params)
+        raw = context.config_loader["parameters"]
+        check_catalog_settings(raw, context.config_loader.runtime_params or {})
+        self._params = validate_parameters(raw)
 
     # tryfirst: a refusal here must come before kedro-mlflow opens the run, or that run would be
     # left open (no pipeline-error hook fires for a failing before_pipeline_run).
@@ -55,12 +60,13 @@ class ValidateParametersHook:
             wanted[params.backbone.name] = params.backbone.weights
         swept = {n.namespace for n in pipeline.nodes if _in_sweep(n)}
         if swept:
-            expected = {sweep.namespace(name) for name in params.sweep.backbones}
+            expected = {sweep_namespace(name) for name in params.sweep.backbones}
             if swept != expected:
                 raise ParameterError(
                     "sweep.backbones decides the sweep pipeline's shape and is read from conf/ when "
-                    "pipelines are registered: set it in conf/local/parameters_sweep.yml rather than "
-                    f"with --params (pipeline has {sorted(swept)}, parameters ask for {sorted(expected)})"
+                    "pipelines are registered: set it in conf/local/parameters_sweep.yml (or "
+                    "conf/<env>/ with --env) rather than with --params (pipeline has "
+                    f"{sorted(swept)}, parameters ask for {sorted(expected)})"
                 )
             wanted.update({name: params.sweep.weights.get(name) for name in params.sweep.backbones})
         for name, weights in wanted.items():
@@ -108,38 +114,35 @@ class TrackingServerHook:
 
 
 class StageTimerHook:
-    """Prints each stage's wall time, and the final test accuracy, when a run ends; logs the stage
-    times to MLflow as ``time.<stage>_s``."""
+    """Prints each stage's wall time when a run ends, and logs it to MLflow as
+    ``time.<stage>_s``. A node's stage is the tag it shares with a registered pipeline's name
+    (each stage pipeline tags its nodes with its own name), so new stages need no change here."""
 
     def __init__(self) -> None:
         self._started: dict[str, float] = {}
         self._seconds: dict[str, float] = defaultdict(float)
-        self._accuracy: float | None = None
-
-    @staticmethod
-    def _stage(node: Node) -> str:
-        return next((tag for tag in STAGES if tag in node.tags), "other")
+        self._stage_names: frozenset[str] = frozenset()
 
     @hook_impl
     def before_pipeline_run(self) -> None:
         self._started.clear()
         self._seconds.clear()
-        self._accuracy = None
+        self._stage_names = frozenset(pipelines.keys())
+
+    def _stage(self, node: Node) -> str:
+        return min(node.tags & self._stage_names, default="other")
 
     @hook_impl
     def before_node_run(self, node: Node) -> None:
         self._started[node.name] = time.perf_counter()
 
     @hook_impl
-    def after_node_run(self, node: Node, outputs: dict[str, Any]) -> None:
+    def after_node_run(self, node: Node) -> None:
         stage = self._stage(node)
         self._seconds[stage] += time.perf_counter() - self._started.pop(node.name)
         if mlflow.active_run() is not None:
             # Logged as the stage grows: the run is still open here, unlike after the pipeline.
             mlflow.log_metric(f"time.{stage}_s", round(self._seconds[stage], 2))
-        metrics = outputs.get("evaluation_metrics")
-        if metrics:
-            self._accuracy = metrics["test_accuracy"]["value"]
 
     @hook_impl
     def after_pipeline_run(self) -> None:
@@ -147,6 +150,4 @@ class StageTimerHook:
             return
         lines = [f"  {stage:<13} {seconds:8.1f} s" for stage, seconds in self._seconds.items()]
         lines.append(f"  {'total':<13} {sum(self._seconds.values()):8.1f} s")
-        if self._accuracy is not None:
-            lines.append(f"  final test accuracy: {self._accuracy:.4f}")
         logger.info("Stage wall times:\n%s", "\n".join(lines))

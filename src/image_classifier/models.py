@@ -16,21 +16,38 @@ from image_classifier.backbones import BackboneSpec
 from image_classifier.backbones.registry import weighted_layers
 
 
-def feature_extractor(trunk: keras.Model, spec: BackboneSpec, input_size: int) -> keras.Model:
-    """Raw uint8 images → pooled backbone features (batch, feature_dim)."""
-    images = keras.Input(shape=(None, None, 3), dtype="uint8", name="image")
-    x = keras.layers.Resizing(
+def _raw_images() -> Any:
+    """What every model that leaves a pipeline takes: RGB uint8 images of any size."""
+    return keras.Input(shape=(None, None, 3), dtype="uint8", name="image")
+
+
+def _resize(images: Any, input_size: int) -> Any:
+    return keras.layers.Resizing(
         input_size, input_size, interpolation="bilinear", antialias=True, name="resize"
     )(images)
+
+
+def normalise_pixels(x: Any, spec: BackboneSpec) -> Any:
+    """Float 0–255 RGB pixels → what ``spec``'s trunk was trained on.
+
+    The one copy of this arithmetic, shared by the logged model and the graphs exported to other
+    engines, so their features cannot drift apart. It is a ``Rescaling`` rather than a
+    ``Normalization`` because the latter's statistics become extra graph inputs in ONNX.
+    """
     if spec.bgr:
         # Caffe-trained networks (VGG, ResNet v1) read BGR: a fixed permutation, never trained.
         flip = keras.layers.Dense(3, use_bias=False, trainable=False, name="rgb_to_bgr")
         x = flip(x)
         flip.set_weights([np.eye(3, dtype="float32")[::-1]])
-    # One affine layer normalises 0–255 pixels the way the backbone was trained.
-    x = keras.layers.Normalization(
-        mean=list(spec.mean), variance=[s**2 for s in spec.std], name="imagenet_normalise"
-    )(x)
+    mean, std = np.asarray(spec.mean, "float32"), np.asarray(spec.std, "float32")
+    return keras.layers.Rescaling(scale=1 / std, offset=-mean / std, name="imagenet_normalise")(x)
+
+
+def feature_extractor(trunk: keras.Model, spec: BackboneSpec, input_size: int) -> keras.Model:
+    """Raw uint8 images → pooled backbone features (batch, feature_dim)."""
+    images = _raw_images()
+    x = _resize(images, input_size)
+    x = normalise_pixels(x, spec)
     # training=False keeps BatchNorm on its ImageNet statistics even when the trunk's top
     # layers are unfrozen for fine-tuning: small batches of a new domain would otherwise
     # overwrite the running means and wreck the pretrained features.
@@ -77,7 +94,7 @@ def compile_classifier(model: keras.Model, learning_rate: Any, label_smoothing: 
 
 def full_classifier(extractor: keras.Model, head: keras.Model) -> keras.Model:
     """Raw uint8 images → class probabilities."""
-    images = keras.Input(shape=(None, None, 3), dtype="uint8", name="image")
+    images = _raw_images()
     probabilities = head(extractor(images, training=False))
     return keras.Model(images, probabilities, name="image_classifier")
 
@@ -111,10 +128,8 @@ def scratch_convnet(
     Each block is a ReLU convolution (filters, kernel_size, strides, padding ``valid`` or ``same``)
     followed by 2×2 max or average pooling, or none.
     """
-    images = keras.Input(shape=(None, None, 3), dtype="uint8", name="image")
-    x = keras.layers.Resizing(
-        input_size, input_size, interpolation="bilinear", antialias=True, name="resize"
-    )(images)
+    images = _raw_images()
+    x = _resize(images, input_size)
     x = keras.layers.Rescaling(1 / 255, name="scale")(x)
     pooling = {"max": keras.layers.MaxPooling2D, "average": keras.layers.AveragePooling2D}
     for i, block in enumerate(blocks):

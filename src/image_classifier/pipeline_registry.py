@@ -1,4 +1,4 @@
-"""Project pipelines."""
+"""Project pipelines: the one place where stage pipelines are put together."""
 
 from __future__ import annotations
 
@@ -22,10 +22,15 @@ from image_classifier.pipelines import (
     training,
 )
 
+# The stages of `__default__`, in order; each stage pipeline's nodes carry its name as a tag.
+DEFAULT_STAGES = ("ingestion", "augmentation", "features", "training", "fine_tuning", "evaluation")
+
 
 def _sweep_backbones() -> list[str]:
-    """``sweep.backbones`` from the project's conf/ (base, then the run environment), read once
-    at registration: the list decides how many namespaced pipelines the sweep has."""
+    """``sweep.backbones`` from the project's conf/ (base, then the run's environment), read once
+    at registration: the list decides how many namespaced pipelines the sweep has. The project's
+    ``kedro run --env`` and ``image-classifier-retrain --env`` put the environment in KEDRO_ENV,
+    as Kedro's own ``kedro ipython --env`` does."""
     loader = settings.CONFIG_LOADER_CLASS(
         conf_source=str(Path.cwd() / settings.CONF_SOURCE),
         env=os.environ.get("KEDRO_ENV"),
@@ -40,8 +45,8 @@ def _sweep_backbones() -> list[str]:
 
 def register_pipelines() -> dict[str, Pipeline]:
     """Each stage alone, ``__default__`` running them all in order, ``baseline`` (ingestion, then a
-    convnet from scratch) and ``sweep`` (ingestion, augmentation, then every backbone of
-    ``sweep.backbones`` through features, head and scoring) for comparison; ``retraining`` (the
+    convnet from scratch) and ``sweep`` (ingestion, augmentation, then the features and training
+    stages again for every backbone of ``sweep.backbones``) for comparison; ``retraining`` (the
     default stages, then promotion over the champion) and ``inference`` (a folder → predictions)."""
     stages = {
         "ingestion": ingestion.create_pipeline(),
@@ -51,7 +56,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         "fine_tuning": fine_tuning.create_pipeline(),
         "evaluation": evaluation.create_pipeline(),
     }
-    default = sum(stages.values(), Pipeline([]))
+    default = sum((stages[name] for name in DEFAULT_STAGES), Pipeline([]))
+    per_backbone = features.create_pipeline(backbone="backbone") + training.create_pipeline()
     return {
         **stages,
         "__default__": default,
@@ -59,5 +65,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "retraining_check": stages["ingestion"],
         "inference": inference.create_pipeline(),
         "baseline": stages["ingestion"] + baseline.create_pipeline(),
-        "sweep": stages["ingestion"] + stages["augmentation"] + sweep.create_pipeline(_sweep_backbones()),
+        "sweep": stages["ingestion"]
+        + stages["augmentation"]
+        + sweep.create_pipeline(_sweep_backbones(), per_backbone),
     }

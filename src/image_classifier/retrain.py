@@ -3,7 +3,9 @@
 
 - It holds ``retraining.lock_file`` (an OS lock, released even if the process is killed), so a
   second invocation while one runs exits at once with code 75.
-- It is idempotent: it ingests first (seconds, not tracked) and, when an earlier retraining had
+- It is idempotent: it ingests first (seconds, untracked, in a child ``kedro run --pipelines
+  retraining_check``: kedro-mlflow keeps per-process state that would otherwise re-open the last
+  tracked run for an untracked pipeline) and, when an earlier retraining had
   exactly this data and these training parameters, records a skipped run in MLflow and stops,
   with no backbone work. Otherwise it runs the ``retraining`` pipeline, whose last step promotes
   the challenger only if it beats the champion.
@@ -16,6 +18,7 @@ import argparse
 import fcntl
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,17 +28,20 @@ from typing import Any
 import mlflow
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
-from kedro_mlflow.framework.hooks import mlflow_hook
 from omegaconf import OmegaConf
 
 from image_classifier.config import validate_parameters
 from image_classifier.datasets.model_registry import champion
-from image_classifier.errors import find_project_error
-from image_classifier.pipelines.retraining.nodes import training_fingerprint
+from image_classifier.errors import ProjectError, find_project_error
+from image_classifier.promotion import training_fingerprint
 from image_classifier.tracking import CHAMPION_ALIAS, REGISTERED_MODEL_NAME
 
 EXIT_OK, EXIT_FAILED, EXIT_LOCKED = 0, 1, 75
 logger = logging.getLogger("image_classifier.retrain")
+
+
+class RetrainError(ProjectError):
+    """A step of the retraining job failed; the message carries what it printed."""
 
 
 @contextmanager
@@ -77,11 +83,8 @@ def retrain(project: Path, env: str | None = None, params: dict[str, Any] | None
             holder = lock.read_text().strip() or "?"
             print(f"retraining is already running (pid {holder} holds {lock}); exiting", file=sys.stderr)
             return EXIT_LOCKED
-        # kedro-mlflow's hook is one object per process and keeps the last tracked run's id; a
-        # pipeline with tracking disabled would re-open that finished run before each node.
-        mlflow_hook.run_id = None
+        _ingest_untracked(project, env, params or {})
         with session() as check:
-            check.run(pipeline_names=["retraining_check"])
             context = check.load_context()
             fingerprint = training_fingerprint(context.catalog.load("image_index"), context.params)
             experiment = context.config_loader["mlflow"]["tracking"]["experiment"]["name"]
@@ -93,6 +96,28 @@ def retrain(project: Path, env: str | None = None, params: dict[str, Any] | None
         with session() as full:
             full.run(pipeline_names=["retraining"])
     return EXIT_OK
+
+
+def _ingest_untracked(project: Path, env: str | None, params: dict[str, Any]) -> None:
+    """Refresh the image index with the untracked ``retraining_check`` pipeline (ingestion only)."""
+    command = [sys.executable, "-m", "image_classifier", "--pipelines", "retraining_check"]
+    command += ["--env", env] if env else []
+    dotted = _dotlist(params)
+    command += ["--params", ",".join(dotted)] if dotted else []
+    result = subprocess.run(command, cwd=project, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RetrainError(f"ingestion failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+
+
+def _dotlist(params: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{"a": {"b": 1}}`` → ``["a.b=1"]``, the form of ``kedro run --params``."""
+    items = []
+    for key, value in params.items():
+        if isinstance(value, dict):
+            items += _dotlist(value, f"{prefix}{key}.")
+        else:
+            items.append(f"{prefix}{key}={value}")
+    return items
 
 
 def _retrained_on(experiment: str, fingerprint: dict[str, str]) -> mlflow.entities.Run | None:

@@ -6,6 +6,7 @@ import tempfile
 import warnings
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import keras
 import mlflow
@@ -22,6 +23,11 @@ CHAMPION_ALIAS = "champion"
 # Named explicitly: letting MLflow infer requirements reloads the model in a subprocess,
 # which costs a TensorFlow import and a model load for every logged model.
 _SERVING_PACKAGES = ("tensorflow-cpu", "keras", "numpy", "pandas", "pillow", "mlflow")
+
+
+def scalar_metrics(values: dict[str, float]) -> dict[str, Any]:
+    """``{name: value}`` → the single-step form kedro-mlflow's metrics datasets log."""
+    return {name: {"value": float(value), "step": 0} for name, value in values.items()}
 
 
 def model_signature(class_names: list[str]) -> ModelSignature:

@@ -9,6 +9,9 @@ from image_classifier.backbones import efficientnet_lite, get_spec, load_pretrai
 from image_classifier.backbones.torch_weights import read_state_dict
 from image_classifier.models import feature_extractor
 
+# Every test here builds a network, most also convert its weights.
+pytestmark = pytest.mark.slow
+
 PHOTOS = {"chelsea": skimage.data.chelsea(), "coffee": skimage.data.coffee()}
 
 
@@ -46,7 +49,7 @@ def test_every_tensor_fits_at_the_native_size(variant):
         spec.native_input_size // 32 + (spec.native_input_size % 32 > 0),
     ) * 2 + (efficientnet_lite.FEATURE_DIM,)
     state["_blocks.99._bn1.weight"] = np.zeros(1, np.float32)
-    with pytest.raises(ValueError, match="_blocks.99"):
+    with pytest.raises(ValueError, match=rf"{variant} port: \['_blocks\.99"):
         efficientnet_lite.assign_weights(trunk, state)
 
 

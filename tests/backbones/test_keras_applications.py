@@ -22,6 +22,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "size", "dim"),
     [
@@ -61,6 +62,7 @@ def test_preprocessing_inside_the_model_matches_the_family(name, module):
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
 def test_loads_a_users_weights_file(tmp_path, suffix):
     saved = keras.applications.Xception(include_top=False, weights=None, input_shape=(71, 71, 3))
@@ -72,6 +74,7 @@ def test_loads_a_users_weights_file(tmp_path, suffix):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_a_weights_file_of_another_network_is_refused_by_name(tmp_path):
     path = tmp_path / "vgg16.weights.h5"
     keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)

@@ -18,14 +18,16 @@ PREDICTIONS = pd.DataFrame(
         "confidence": [0.9] * 4,
     }
 )
+# A fine-tuning history; fine-tuning that was switched off leaves an empty one.
+FINETUNED = {"loss": [0.5], "val_loss": [0.6]}
 
 
 def test_scores_and_report():
-    metrics, report = score(PREDICTIONS, ["x", "y"], {"enabled": True})
+    metrics, report = score(PREDICTIONS, ["x", "y"], FINETUNED)
     assert metrics["test_accuracy"]["value"] == 0.75 == metrics["finetune.test_accuracy"]["value"]
     assert round(metrics["test_macro_f1"]["value"], 4) == round((2 / 3 + 0.8) / 2, 4)
     assert report["per_class"]["x"] == {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
-    metrics, _ = score(PREDICTIONS, ["x", "y"], {"enabled": False})
+    metrics, _ = score(PREDICTIONS, ["x", "y"], {})
     assert "finetune.test_accuracy" not in metrics
 
 
@@ -39,7 +41,7 @@ def test_plots_are_figures_with_content(tmp_path):
 
 
 def test_per_class_table_has_a_row_per_class():
-    _, report = score(PREDICTIONS, ["x", "y"], {"enabled": True})
+    _, report = score(PREDICTIONS, ["x", "y"], FINETUNED)
     table = per_class_table(report)
     assert table["class"].tolist() == ["x", "y"]
     assert table.loc[0, ["precision", "recall", "support"]].tolist() == [1.0, 0.5, 2]

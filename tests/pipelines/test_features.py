@@ -35,8 +35,9 @@ def _run(inputs, store_dir, weights_dir, input_size=64, augmentation=AUGMENTATIO
         FeatureStoreDataset(str(store_dir)).load(),
         names,
         {"name": "mobilenet_v2", "input_size": input_size, "cache_dir": str(weights_dir)},
-        {"batch_size": 16, "workers": 2, "storage": storage},
+        {"batch_size": 16, "storage": storage},
         augmentation,
+        2,
         42,
     )
 
@@ -50,7 +51,12 @@ def test_every_key_field_changes_the_key():
         cache_key("a" * 64, 1, context, "aug2"),  # augmentation config
         cache_key("a" * 64, 1, backbone_context(BackboneParams(input_size=128), FeaturesParams()), "aug1"),
         cache_key("a" * 64, 1, backbone_context(BackboneParams(), FeaturesParams(storage="fp16")), "aug1"),
-        cache_key("a" * 64, 1, backbone_context(BackboneParams(), FeaturesParams(precision="bf16")), "aug1"),
+        cache_key(
+            "a" * 64,
+            1,
+            backbone_context(BackboneParams(), FeaturesParams(engine="openvino", precision="bf16")),
+            "aug1",
+        ),
         cache_key(
             "a" * 64, 1, backbone_context(BackboneParams(), FeaturesParams(engine="tensorflow")), "aug1"
         ),

@@ -22,9 +22,10 @@ def inputs(tiny_demo, tmp_path_factory):
 def _run(inputs, enabled):
     raw, index, names, backbone = inputs
     head = classifier_head(1280, len(names), 0.2, seed=1)
-    tuning = {"enabled": enabled, "epochs": 1, "unfreeze_layers": 5, "learning_rate": 1e-4, "batch_size": 8}
+    # A higher rate than the default, so that a few steps from an untrained head beat chance.
+    tuning = {"enabled": enabled, "epochs": 2, "unfreeze_layers": 5, "learning_rate": 1e-3, "batch_size": 8}
     training = {"label_smoothing": 0.1, "class_weight": "balanced"}
-    return fine_tune(head, index, raw, names, backbone, tuning, training, AUGMENTATION, {"workers": 2}, 0)
+    return fine_tune(head, index, raw, names, backbone, tuning, training, AUGMENTATION, 2, 0)
 
 
 def test_disabled_returns_the_untrained_raw_image_model(inputs):
@@ -39,8 +40,9 @@ def test_disabled_returns_the_untrained_raw_image_model(inputs):
 
 def test_enabled_trains_only_top_layers_and_keeps_batchnorm_frozen(inputs):
     model, metrics, history = _run(inputs, enabled=True)
-    assert 0.0 <= metrics["finetune.val_accuracy"]["value"] <= 1.0
-    assert [p["step"] for p in metrics["finetune.history.loss"]] == [0]
+    # Chance is 1/3; 12 or more right of 24 happens by chance about 4% of the time.
+    assert metrics["finetune.val_accuracy"]["value"] >= 0.5
+    assert [p["step"] for p in metrics["finetune.history.loss"]] == [0, 1]
     trunk = model.get_layer("mobilenet_v2_features").get_layer("mobilenet_v2")
     trainable = [layer for layer in trunk.layers if layer.trainable and layer.weights]
     assert 0 < len(trainable) <= 5

@@ -31,8 +31,8 @@ from image_classifier.retrain import EXIT_LOCKED, exclusive_lock, retrain
 
 PARAMS = {
     "backbone": {"input_size": 96},
-    "training": {"epochs": 1},
-    "fine_tuning": {"epochs": 1},
+    "training": {"epochs": 20},
+    "fine_tuning": {"epochs": 1, "unfreeze_layers": 4, "learning_rate": 1e-5},  # gentle on 24 photos
     "augmentation": {"views": 2},
 }
 
@@ -100,7 +100,7 @@ def test_new_images_are_the_only_backbone_work_and_a_weaker_challenger_is_kept_o
     assert third.data.tags["promotion.challenger_version"] == "2"
     decision = json.loads((history["project"] / "data/08_reporting/promotion.json").read_text())
     assert decision["promote"] is False and decision["champion_version"] == "1"
-    assert 0.0 <= decision["champion_score"] <= 1.0 and 0.0 <= decision["challenger_score"] <= 1.0
+    assert decision["champion_score"] > 0.5 and decision["challenger_score"] > 0.5  # chance is 1/3
 
 
 def test_a_challenger_that_lost_is_not_retrained_again_on_the_same_data(history):

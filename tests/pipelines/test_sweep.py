@@ -3,12 +3,15 @@ with the same metric names, and the summary table and chart on the parent."""
 
 import pandas as pd
 import pytest
+from click.testing import CliRunner
+from kedro.framework.startup import bootstrap_project
 
 from conftest import run_session, scratch_project, tracked
+from image_classifier.cli import cli
 from image_classifier.config import ParameterError
 
 BACKBONES = ["mobilenet_v2", "efficientnet_lite0"]  # conf/base/parameters_sweep.yml
-RUN_PARAMS = {"training.epochs": 1, "augmentation.views": 2, "sweep.throughput_images": 16}
+RUN_PARAMS = {"training.epochs": 20, "augmentation.views": 2, "sweep.throughput_images": 16}
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +34,11 @@ def test_one_parent_and_a_nested_run_per_backbone(swept):
     for child in children:
         metrics = child.data.metrics
         for name in ("head.val_accuracy", "head.test_accuracy", "test_macro_f1"):
-            assert 0.0 <= metrics[name] <= 1.0, name
+            assert metrics[name] > 0.5, name  # chance is 1/3
         assert metrics["features.computed"] == 24 * 2 + 48 and metrics["features.images_per_s"] > 0
         assert child.data.params["backbone.input_size"] == "224"  # each backbone's native size
         history = client.get_metric_history(child.info.run_id, "head.history.loss")
-        assert [m.step for m in history] == [0]
+        assert [m.step for m in history] == list(range(len(history))) and len(history) > 1
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"sweep_summary.csv", "sweep_chart.png"} <= artifacts
 
@@ -52,3 +55,23 @@ def test_backbones_from_params_that_do_not_match_the_pipeline_are_refused(swept)
     project, _client = swept
     with pytest.raises(ParameterError, match="conf/local/parameters_sweep.yml"):
         run_session(project, "sweep", **RUN_PARAMS, **{"sweep.backbones": "[mobilenet_v2]"})
+
+
+def test_kedro_run_env_decides_the_sweep_shape(tmp_path, monkeypatch):
+    """``kedro run --env X`` reads sweep.backbones from conf/X when the pipelines are registered:
+    with one backbone there, the run gets past the shape check and stops at the (empty) data."""
+    project = scratch_project(tmp_path / "project")
+    (project / "conf/single").mkdir()
+    (project / "conf/single/parameters_sweep.yml").write_text("sweep:\n  backbones: [mobilenet_v2]\n")
+    (project / "empty").mkdir()
+    # The CLI sets KEDRO_ENV for its process. Set-then-delete makes monkeypatch remove it again
+    # after the test (deleting an absent variable records nothing to undo).
+    monkeypatch.setenv("KEDRO_ENV", "unset-after-the-test")
+    monkeypatch.delenv("KEDRO_ENV")
+    monkeypatch.chdir(project)
+    bootstrap_project(project)
+    result = CliRunner().invoke(
+        cli, ["run", "--env", "single", "--pipelines", "sweep", "--params", "raw_images_dir=empty"]
+    )
+    assert result.exit_code == 1
+    assert "empty: no image files found" in result.output, result.output

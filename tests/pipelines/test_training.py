@@ -1,6 +1,7 @@
 import numpy as np
 
-from image_classifier.pipelines.training.nodes import class_weights, train_head
+from image_classifier.fitting import class_weights
+from image_classifier.pipelines.training.nodes import train_head
 
 PARAMS = {"epochs": 30, "batch_size": 16, "learning_rate": 0.01, "dropout": 0.1, "patience": 3}
 

@@ -16,7 +16,7 @@ import math
 import keras
 import numpy as np
 
-from image_classifier.backbones.torch_weights import linear_layer
+from image_classifier.backbones.torch_weights import assign_state_dict, linear_layer
 
 # (repeats, kernel, first stride, expansion, input channels, output channels), EfficientNet-B0's.
 _BLOCKS = (
@@ -95,24 +95,13 @@ def builder(variant: str):
     return build
 
 
+def _torch_prefix(layer_name: str) -> str:
+    return layer_name.replace("__", ".")
+
+
 def assign_weights(model: keras.Model, state_dict: dict[str, np.ndarray]) -> None:
     """Copy the PyTorch state_dict into ``model``; every tensor but the classifier must be used."""
-    unused = {k for k in state_dict if not k.endswith("num_batches_tracked")}
-    for layer in model.layers:
-        prefix = layer.name.replace("__", ".")
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            layer.set_weights([state_dict[f"{prefix}.weight"].transpose(2, 3, 0, 1)])
-            unused.discard(f"{prefix}.weight")
-        elif isinstance(layer, keras.layers.Conv2D):
-            layer.set_weights([state_dict[f"{prefix}.weight"].transpose(2, 3, 1, 0)])
-            unused.discard(f"{prefix}.weight")
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            names = [f"{prefix}.{p}" for p in ("weight", "bias", "running_mean", "running_var")]
-            layer.set_weights([state_dict[n] for n in names])
-            unused.difference_update(names)
-    left = unused - {"_fc.weight", "_fc.bias"}
-    if left:
-        raise ValueError(f"weights not used by the {model.name} port: {sorted(left)[:5]}")
+    assign_state_dict(model, state_dict, _torch_prefix, classifier="_fc.", network=model.name)
 
 
 def imagenet_classifier(state_dict: dict[str, np.ndarray]) -> keras.layers.Dense:

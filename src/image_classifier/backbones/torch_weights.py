@@ -11,11 +11,15 @@ from __future__ import annotations
 import collections
 import hashlib
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import keras
 
 # PyTorch writes this number first in every legacy file.
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -165,3 +169,39 @@ def linear_layer(weight: np.ndarray, bias: np.ndarray, name: str):
     dense.build((None, weight.shape[1]))
     dense.set_weights([weight.T, bias])
     return dense
+
+
+def assign_state_dict(
+    model: keras.Model,
+    state_dict: dict[str, np.ndarray],
+    torch_prefix: Callable[[str], str],
+    classifier: str,
+    network: str,
+) -> None:
+    """Copy a PyTorch state_dict into a Keras port whose layer names encode the PyTorch names.
+
+    ``torch_prefix`` maps a layer name back to its parameters' prefix. Every tensor must be used
+    exactly once, except the ImageNet classifier's (names starting with ``classifier``): a tensor
+    left over means the port lacks a layer, and its features would be silently wrong.
+    """
+    import keras  # here only: reading weights must not need TensorFlow
+
+    unused = {k for k in state_dict if not k.endswith("num_batches_tracked")}
+    for layer in model.layers:
+        prefix = torch_prefix(layer.name)
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            names = [f"{prefix}.weight"]
+            weights = [state_dict[names[0]].transpose(2, 3, 0, 1)]  # (C, 1, kh, kw) → (kh, kw, C, 1)
+        elif isinstance(layer, keras.layers.Conv2D):
+            names = [f"{prefix}.weight"]
+            weights = [state_dict[names[0]].transpose(2, 3, 1, 0)]  # (out, in, kh, kw) → (kh, kw, in, out)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            names = [f"{prefix}.{p}" for p in ("weight", "bias", "running_mean", "running_var")]
+            weights = [state_dict[n] for n in names]
+        else:
+            continue
+        layer.set_weights(weights)
+        unused.difference_update(names)
+    left = sorted(k for k in unused if not k.startswith(classifier))
+    if left:
+        raise ValueError(f"weights not used by the {network} port: {left[:5]}")

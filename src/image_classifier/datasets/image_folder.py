@@ -34,21 +34,26 @@ class ImageFolderDataset(AbstractDataset[None, ImageFolder]):
     writes here: raw data is the user's and stays untouched.
     """
 
-    def __init__(self, path: str, parameter: str = "raw_images_dir", metadata: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        path: str,
+        parameter: str = "raw_images_dir",
+        hint: str = "",
+        metadata: dict[str, Any] | None = None,
+    ):
+        """``parameter`` is the setting that chooses the folder, named in the error when it is
+        missing; ``hint`` says what belongs in it."""
         self._path = Path(path)
         self._parameter = parameter
+        self._hint = hint
         self.metadata = metadata
 
     def load(self) -> ImageFolder:
-        if not self._path.is_dir() and self._parameter != "raw_images_dir":
-            raise RawFolderError(
-                f"image folder {self._path} does not exist: pass `--params {self._parameter}=<folder>`"
-            )
         if not self._path.is_dir():
             raise RawFolderError(
-                f"raw image folder {self._path} does not exist. Put images in "
-                f"{self._path}/<class>/<file> (or <split>/<class>/<file>), run `make data` for the "
-                "demo set, or pass `kedro run --params raw_images_dir=<folder>`."
+                f"image folder {self._path} does not exist. {self._hint} Choose another folder with "
+                f"`kedro run --params {self._parameter}=<folder>`, or set {self._parameter} in "
+                "conf/local/globals.yml."
             )
         files = sorted(
             path.relative_to(self._path).as_posix()

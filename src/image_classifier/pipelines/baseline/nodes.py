@@ -8,17 +8,18 @@ from typing import Any
 import keras
 import pandas as pd
 
-from image_classifier.config import AugmentationParams, BaselineParams, FeaturesParams
+from image_classifier.config import AugmentationParams, BaselineParams
 from image_classifier.datasets import ImageFolder
-from image_classifier.loading import AugmentedImages, ViewLoader
-from image_classifier.models import compile_classifier, scratch_convnet
-from image_classifier.pipelines.fine_tuning.nodes import split_arrays
-from image_classifier.pipelines.training.nodes import (
+from image_classifier.fitting import (
     early_stopping,
     history_metrics,
     plain_history,
     seed_everything,
+    split_arrays,
 )
+from image_classifier.loading import AugmentedImages, ViewLoader
+from image_classifier.models import compile_classifier, scratch_convnet
+from image_classifier.tracking import scalar_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +30,11 @@ def train_baseline(
     class_names: list[str],
     baseline: dict[str, Any],
     augmentation: dict[str, Any],
-    features: dict[str, Any],
+    workers: int,
     seed: int,
 ) -> tuple[keras.Model, dict[str, Any], dict[str, list[float]]]:
     """Train the scratch convnet with online augmentation; score it on validation and test."""
     params = BaselineParams(**baseline)
-    workers = FeaturesParams(**features).workers
     transforms = tuple(t.model_dump() for t in AugmentationParams(**augmentation).transforms)
     seed_everything(seed)
     model = scratch_convnet(
@@ -68,7 +68,8 @@ def train_baseline(
         for name, data in (("val", validation), ("test", test))
     }
     logger.info("Baseline: val_accuracy %.4f, test_accuracy %.4f", scores["val"], scores["test"])
-    metrics: dict[str, Any] = history_metrics(fit.history, "baseline")
-    metrics["baseline.val_accuracy"] = {"value": scores["val"], "step": 0}
-    metrics["baseline.test_accuracy"] = {"value": scores["test"], "step": 0}
+    metrics = {
+        **history_metrics(fit.history, "baseline"),
+        **scalar_metrics({"baseline.val_accuracy": scores["val"], "baseline.test_accuracy": scores["test"]}),
+    }
     return model, metrics, plain_history(fit)

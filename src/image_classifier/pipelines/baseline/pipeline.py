@@ -14,7 +14,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "class_names",
                     "params:baseline",
                     "params:augmentation",
-                    "params:features",
+                    "params:loading.workers",
                     "params:seed",
                 ],
                 ["baseline_model", "baseline_metrics", "baseline_history"],

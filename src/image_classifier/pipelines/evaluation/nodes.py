@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from image_classifier.config import BackboneParams, EvaluationParams, FeaturesParams, FineTuningParams
+from image_classifier.config import BackboneParams, EvaluationParams
 from image_classifier.datasets import ImageFolder
 from image_classifier.loading import ViewLoader, iter_batches
+from image_classifier.tracking import scalar_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -27,17 +28,15 @@ def predict_test(
     raw_images: ImageFolder,
     class_names: list[str],
     backbone: dict[str, Any],
-    features: dict[str, Any],
     evaluation: dict[str, Any],
+    workers: int,
 ) -> pd.DataFrame:
     """Test-split predictions of the final model: path, true label, predicted label, confidence."""
     size = BackboneParams(**backbone).input_size
     batch_size = EvaluationParams(**evaluation).batch_size
     test = image_index.loc[image_index["split"] == "test"]
     items = list(zip(test["path"], test["sha256"], [0] * len(test), strict=True))
-    batches = iter_batches(
-        items, ViewLoader(raw_images, size), batch_size, FeaturesParams(**features).workers
-    )
+    batches = iter_batches(items, ViewLoader(raw_images, size), batch_size, workers)
     probabilities = np.concatenate([classifier_model.predict_on_batch(batch) for batch in batches])
     return pd.DataFrame(
         {
@@ -50,9 +49,10 @@ def predict_test(
 
 
 def score(
-    predictions: pd.DataFrame, class_names: list[str], fine_tuning: dict[str, Any]
+    predictions: pd.DataFrame, class_names: list[str], finetune_history: dict[str, list[float]]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Contract metrics of the final model, and a per-class report."""
+    """Contract metrics of the final model, and a per-class report. The final model's accuracy
+    is also ``finetune.test_accuracy`` when fine-tuning trained it (its history is not empty)."""
     truth, predicted = predictions["label"], predictions["predicted"]
     accuracy = float(accuracy_score(truth, predicted))
     macro_f1 = float(f1_score(truth, predicted, labels=class_names, average="macro", zero_division=0))
@@ -67,12 +67,9 @@ def score(
             for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True)
         },
     }
-    metrics = {
-        "test_accuracy": {"value": accuracy, "step": 0},
-        "test_macro_f1": {"value": macro_f1, "step": 0},
-    }
-    if FineTuningParams(**fine_tuning).enabled:
-        metrics["finetune.test_accuracy"] = {"value": accuracy, "step": 0}
+    metrics = scalar_metrics({"test_accuracy": accuracy, "test_macro_f1": macro_f1})
+    if finetune_history:
+        metrics.update(scalar_metrics({"finetune.test_accuracy": accuracy}))
     logger.info(
         "Final model on %d test images: accuracy %.4f, macro-F1 %.4f", len(predictions), accuracy, macro_f1
     )

@@ -17,6 +17,7 @@ from image_classifier.backbones import weights_identity
 from image_classifier.config import AugmentationParams, BackboneParams, FeaturesParams
 from image_classifier.datasets import FeatureStore, ImageFolder
 from image_classifier.loading import ViewLoader, iter_batches
+from image_classifier.tracking import scalar_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ def _compute_missing(
     features: FeaturesParams,
     augmentation: AugmentationParams,
     seed: int,
+    workers: int,
 ) -> None:
     forward = engines.backbone_forward(backbone, features)
     dtype = _STORED_DTYPE[features.storage]
@@ -74,7 +76,7 @@ def _compute_missing(
         desc=f"features [{backbone.name}@{backbone.input_size}, {engines.resolve(features.engine)}]",
         unit="img",
     ) as bar:
-        batches = iter_batches([t[:3] for t in todo], loader, features.batch_size, features.workers)
+        batches = iter_batches([t[:3] for t in todo], loader, features.batch_size, workers)
         for offset, batch in zip(range(0, len(todo), features.batch_size), batches, strict=True):
             pending_keys += [t[3] for t in todo[offset : offset + len(batch)]]
             pending_vectors.append(forward(batch).astype(dtype))
@@ -97,6 +99,7 @@ def compute_features(
     backbone: dict[str, Any],
     features: dict[str, Any],
     augmentation: dict[str, Any],
+    workers: int,
     seed: int,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Serve each needed vector from the store, computing (and storing) only the missing ones.
@@ -127,7 +130,14 @@ def compute_features(
             zip(missing["path"], missing["sha256"], missing["view"].astype(int), missing["key"], strict=True)
         )
         _compute_missing(
-            todo, feature_store, raw_images, backbone_params, features_params, augmentation_params, seed
+            todo,
+            feature_store,
+            raw_images,
+            backbone_params,
+            features_params,
+            augmentation_params,
+            seed,
+            workers,
         )
 
     label_ids = {label: i for i, label in enumerate(class_names)}
@@ -140,9 +150,11 @@ def compute_features(
         }
         for split, frame in items.items()
     }
-    metrics = {
-        "features.computed": {"value": float(len(missing)), "step": 0},
-        "features.reused": {"value": float(reused), "step": 0},
-        "features.cache_bytes": {"value": float(feature_store.size_bytes()), "step": 0},
-    }
+    metrics = scalar_metrics(
+        {
+            "features.computed": len(missing),
+            "features.reused": reused,
+            "features.cache_bytes": feature_store.size_bytes(),
+        }
+    )
     return sets["train"], sets["validation"], sets["test"], metrics

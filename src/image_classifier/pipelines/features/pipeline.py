@@ -3,7 +3,9 @@ from kedro.pipeline import Pipeline, node
 from image_classifier.pipelines.features.nodes import compute_features
 
 
-def create_pipeline(**kwargs) -> Pipeline:
+def create_pipeline(backbone: str = "params:backbone", **kwargs) -> Pipeline:
+    """``backbone``: the input holding the backbone parameters; the sweep feeds each of its
+    backbones here under its own namespace."""
     return Pipeline(
         [
             node(
@@ -14,9 +16,10 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "raw_images",
                     "feature_store",
                     "class_names",
-                    "params:backbone",
+                    backbone,
                     "params:features",
                     "params:augmentation",
+                    "params:loading.workers",
                     "params:seed",
                 ],
                 ["train_features", "validation_features", "test_features", "feature_metrics"],

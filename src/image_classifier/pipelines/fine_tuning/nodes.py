@@ -6,43 +6,25 @@ import logging
 from typing import Any
 
 import keras
-import numpy as np
 import pandas as pd
 
 from image_classifier.backbones import get_spec, load_pretrained
-from image_classifier.config import (
-    AugmentationParams,
-    BackboneParams,
-    FeaturesParams,
-    FineTuningParams,
-    TrainingParams,
-)
+from image_classifier.config import AugmentationParams, BackboneParams, FineTuningParams, TrainingParams
 from image_classifier.datasets import ImageFolder
 from image_classifier.distribution import training_strategy
-from image_classifier.loading import AugmentedImages, ViewLoader
-from image_classifier.models import compile_classifier, feature_extractor, full_classifier, unfreeze_top
-from image_classifier.pipelines.training.nodes import (
+from image_classifier.fitting import (
     class_weights,
     early_stopping,
     history_metrics,
     plain_history,
     seed_everything,
+    split_arrays,
 )
+from image_classifier.loading import AugmentedImages, ViewLoader
+from image_classifier.models import compile_classifier, feature_extractor, full_classifier, unfreeze_top
+from image_classifier.tracking import scalar_metrics
 
 logger = logging.getLogger(__name__)
-
-
-def split_arrays(
-    image_index: pd.DataFrame, split: str, class_names: list[str]
-) -> tuple[list[str], list[str], np.ndarray]:
-    """Paths, content hashes and one-hot labels of one split."""
-    rows = image_index.loc[image_index["split"] == split]
-    label_ids = rows["label"].map({label: i for i, label in enumerate(class_names)}).to_numpy(np.int64)
-    return (
-        rows["path"].tolist(),
-        rows["sha256"].tolist(),
-        keras.utils.to_categorical(label_ids, len(class_names)),
-    )
 
 
 def fine_tune(
@@ -54,12 +36,15 @@ def fine_tune(
     fine_tuning: dict[str, Any],
     training: dict[str, Any],
     augmentation: dict[str, Any],
-    features: dict[str, Any],
+    workers: int,
     seed: int,
 ) -> tuple[keras.Model, dict[str, Any], dict[str, list[float]]]:
-    """Return the full raw-image classifier, fine-tuned unless ``fine_tuning.enabled`` is false."""
+    """Return the full raw-image classifier, fine-tuned unless ``fine_tuning.enabled`` is false.
+
+    ``training`` is the head's recipe: fine-tuning keeps its label smoothing and class weights.
+    """
     backbone_params, params = BackboneParams(**backbone), FineTuningParams(**fine_tuning)
-    head_params, workers = TrainingParams(**training), FeaturesParams(**features).workers
+    head_params = TrainingParams(**training)
     spec, size = get_spec(backbone_params.name), backbone_params.input_size
     if not params.enabled:
         logger.info("Fine-tuning disabled: the final model is the backbone with the trained head")
@@ -107,6 +92,8 @@ def fine_tune(
     )
     val_accuracy = float(model.evaluate(validation, verbose=0, return_dict=True)["accuracy"])
     logger.info("Fine-tuned: val_accuracy %.4f", val_accuracy)
-    metrics: dict[str, Any] = history_metrics(fit.history, "finetune")
-    metrics["finetune.val_accuracy"] = {"value": val_accuracy, "step": 0}
+    metrics = {
+        **history_metrics(fit.history, "finetune"),
+        **scalar_metrics({"finetune.val_accuracy": val_accuracy}),
+    }
     return model, metrics, plain_history(fit)

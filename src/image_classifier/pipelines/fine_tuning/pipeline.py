@@ -17,7 +17,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:fine_tuning",
                     "params:training",
                     "params:augmentation",
-                    "params:features",
+                    "params:loading.workers",
                     "params:seed",
                 ],
                 ["classifier_model", "finetune_metrics", "finetune_history"],

@@ -2,41 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from image_classifier.config import Parameters, RetrainingParams
-from image_classifier.datasets import ImageFolder, index_digest
+from image_classifier.config import RetrainingParams
+from image_classifier.datasets import ImageFolder
+from image_classifier.promotion import trained_on, training_fingerprint
 
 logger = logging.getLogger(__name__)
-
-# Sections that do not change the model a run trains.
-_NOT_TRAINING = {
-    "raw_images_dir",
-    "inference_dir",
-    "retraining",
-    "inference",
-    "sweep",
-    "baseline",
-    "evaluation",
-}
-
-
-def training_fingerprint(index: pd.DataFrame, parameters: dict[str, Any]) -> dict[str, str]:
-    """What a model depends on: the data (``dataset_digest``) and the training parameters."""
-    relevant = Parameters.model_validate(parameters).model_dump(exclude=_NOT_TRAINING)
-    params = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
-    return {"dataset_digest": index_digest(index), "params_digest": params}
-
-
-def trained_on(run_tags: dict[str, str], fingerprint: dict[str, str]) -> bool:
-    """Whether the run behind these tags (its ``promotion.*`` record) had exactly these inputs."""
-    return all(run_tags.get(f"promotion.{key}") == value for key, value in fingerprint.items())
 
 
 def score_models(

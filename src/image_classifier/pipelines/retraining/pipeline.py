@@ -27,5 +27,5 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="decide_promotion",
             ),
         ],
-        tags="promotion",
+        tags="retraining",
     )

@@ -18,8 +18,8 @@ from sklearn.metrics import f1_score
 from image_classifier import engines
 from image_classifier.config import BackboneParams, FeaturesParams, SweepParams
 from image_classifier.datasets import ImageFolder
+from image_classifier.fitting import history_metrics
 from image_classifier.loading import ViewLoader, iter_batches
-from image_classifier.pipelines.training.nodes import history_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -1,70 +1,26 @@
-"""One namespace per backbone, ``sweep.<backbone>``, sharing ingestion and augmentation outputs."""
+"""One namespace per backbone, ``sweep.<backbone>``: the stages given as ``per_backbone`` (the
+registry passes features → training) between this package's own nodes, sharing ingestion and
+augmentation outputs and every parameter."""
 
 from __future__ import annotations
 
-import re
 import warnings
 from functools import partial, update_wrapper
 
 from kedro.pipeline import Pipeline, node
 
-from image_classifier.pipelines.features.nodes import compute_features
+from image_classifier.config import sweep_namespace
 from image_classifier.pipelines.sweep.nodes import backbone_for, images_per_second, summarise, sweep_record
-from image_classifier.pipelines.training.nodes import train_head
-
-
-def namespace(backbone: str) -> str:
-    """``keras:Xception`` → ``sweep.keras_xception``: a name Kedro accepts in dataset names."""
-    return "sweep." + re.sub(r"[^0-9a-z]+", "_", backbone.lower()).strip("_")
-
 
 _SHARED_INPUTS = {"view_plan", "image_index", "raw_images", "feature_store", "class_names"}
-_PARAMETERS = {
-    "params:backbone",
-    "params:sweep",
-    "params:features",
-    "params:augmentation",
-    "params:seed",
-    "params:training",
-}
 
 
-def _backbone_pipeline(backbone: str) -> Pipeline:
-    """The template, namespaced: its own datasets are ``sweep.<backbone>.*``; ingestion and
-    augmentation outputs and the parameters are shared."""
+def _backbone_pipeline(backbone: str, per_backbone: Pipeline) -> Pipeline:
     choose = update_wrapper(partial(backbone_for, backbone), backbone_for)
     template = Pipeline(
         [
             node(choose, ["params:backbone", "params:sweep"], "backbone", name="backbone"),
-            node(
-                compute_features,
-                [
-                    "view_plan",
-                    "image_index",
-                    "raw_images",
-                    "feature_store",
-                    "class_names",
-                    "backbone",
-                    "params:features",
-                    "params:augmentation",
-                    "params:seed",
-                ],
-                ["train_features", "validation_features", "test_features", "feature_metrics"],
-                name="compute_features",
-            ),
-            node(
-                train_head,
-                [
-                    "train_features",
-                    "validation_features",
-                    "test_features",
-                    "class_names",
-                    "params:training",
-                    "params:seed",
-                ],
-                ["head_model", "head_metrics", "head_history"],
-                name="train_head",
-            ),
+            per_backbone,
             node(
                 images_per_second,
                 ["backbone", "image_index", "raw_images", "params:features", "params:sweep"],
@@ -89,20 +45,26 @@ def _backbone_pipeline(backbone: str) -> Pipeline:
             ),
         ]
     )
-    return Pipeline(template, namespace=namespace(backbone), inputs=_SHARED_INPUTS, parameters=_PARAMETERS)
+    parameters = {name for name in template.inputs() if name.startswith("params:")}
+    shared = _SHARED_INPUTS & template.inputs()
+    return Pipeline(template, namespace=sweep_namespace(backbone), inputs=shared, parameters=parameters)
 
 
-def create_pipeline(backbones: list[str] | tuple[str, ...] = (), **kwargs) -> Pipeline:
-    if not backbones:
+def create_pipeline(
+    backbones: list[str] | tuple[str, ...] = (), per_backbone: Pipeline | None = None
+) -> Pipeline:
+    """``per_backbone`` reads the backbone's parameters from the dataset ``backbone`` and must
+    produce ``train/validation/test_features``, ``feature_metrics`` and ``head_*``."""
+    if not backbones or per_backbone is None:
         return Pipeline([])
-    per_backbone = sum((_backbone_pipeline(name) for name in backbones), Pipeline([]))
+    namespaced = sum((_backbone_pipeline(name, per_backbone) for name in backbones), Pipeline([]))
     with warnings.catch_warnings():
         # The summary reads each namespace's output by its namespaced (dotted) name on purpose.
         warnings.filterwarnings("ignore", message=".*dataset names contain '.'")
         summary = node(
             summarise,
-            [f"{namespace(name)}.sweep_run" for name in backbones],
+            [f"{sweep_namespace(name)}.sweep_run" for name in backbones],
             ["sweep_summary", "sweep_chart"],
             name="sweep.summarise",
         )
-    return Pipeline([per_backbone, summary], tags="sweep")
+    return Pipeline([namespaced, summary], tags="sweep")

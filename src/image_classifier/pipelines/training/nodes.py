@@ -6,46 +6,19 @@ import logging
 from typing import Any
 
 import keras
-import numpy as np
-import tensorflow as tf
 
 from image_classifier.config import TrainingParams
+from image_classifier.fitting import (
+    class_weights,
+    early_stopping,
+    history_metrics,
+    plain_history,
+    seed_everything,
+)
 from image_classifier.models import classifier_head, compile_classifier
+from image_classifier.tracking import scalar_metrics
 
 logger = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    """Same seed, same data → same weights: seeds Python, numpy and TF, and pins op order."""
-    keras.utils.set_random_seed(seed)
-    # Multi-threaded CPU reductions otherwise sum in a varying order and drift in the last bits.
-    tf.config.experimental.enable_op_determinism()
-
-
-def history_metrics(history: dict[str, list[float]], prefix: str) -> dict[str, list[dict[str, float]]]:
-    """Keras history → MLflow step metrics ``<prefix>.history.<name>`` with step = epoch."""
-    return {
-        f"{prefix}.history.{name}": [{"value": float(v), "step": epoch} for epoch, v in enumerate(values)]
-        for name, values in history.items()
-        if name != "learning_rate"
-    }
-
-
-def early_stopping(patience: int) -> keras.callbacks.EarlyStopping:
-    """Stop when validation loss stops improving, and keep the best epoch's weights."""
-    return keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True)
-
-
-def plain_history(fit: keras.callbacks.History) -> dict[str, list[float]]:
-    return {name: [float(v) for v in values] for name, values in fit.history.items()}
-
-
-def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, float] | None:
-    """``balanced``: n / (classes × count) per class, so each class weighs the same in the loss."""
-    if mode == "none":
-        return None
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    return {i: float(len(labels) / (num_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
 def train_head(
@@ -81,7 +54,8 @@ def train_head(
         for split in ("val", "test")
     }
     logger.info("Head: val_accuracy %.4f, test_accuracy %.4f", scores["val"], scores["test"])
-    metrics: dict[str, Any] = history_metrics(fit.history, "head")
-    metrics["head.val_accuracy"] = {"value": scores["val"], "step": 0}
-    metrics["head.test_accuracy"] = {"value": scores["test"], "step": 0}
+    metrics = {
+        **history_metrics(fit.history, "head"),
+        **scalar_metrics({"head.val_accuracy": scores["val"], "head.test_accuracy": scores["test"]}),
+    }
     return head, metrics, plain_history(fit)

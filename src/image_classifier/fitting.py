@@ -1,0 +1,60 @@
+"""Helpers shared by every stage that fits a Keras model: seeding, early stopping, class weights,
+the split arrays of the image index, and Keras histories turned into MLflow step metrics.
+
+A library module, not a pipeline: the training, fine-tuning, baseline and sweep stages all use it,
+and no pipeline package imports another.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same data → same weights: seeds Python, numpy and TF, and pins op order."""
+    keras.utils.set_random_seed(seed)
+    # Multi-threaded CPU reductions otherwise sum in a varying order and drift in the last bits.
+    tf.config.experimental.enable_op_determinism()
+
+
+def history_metrics(history: dict[str, list[float]], prefix: str) -> dict[str, list[dict[str, float]]]:
+    """Keras history → MLflow step metrics ``<prefix>.history.<name>`` with step = epoch."""
+    return {
+        f"{prefix}.history.{name}": [{"value": float(v), "step": epoch} for epoch, v in enumerate(values)]
+        for name, values in history.items()
+        if name != "learning_rate"
+    }
+
+
+def early_stopping(patience: int) -> keras.callbacks.EarlyStopping:
+    """Stop when validation loss stops improving, and keep the best epoch's weights."""
+    return keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True)
+
+
+def plain_history(fit: keras.callbacks.History) -> dict[str, list[float]]:
+    """A Keras history as JSON-ready floats (Keras keeps numpy scalars)."""
+    return {name: [float(v) for v in values] for name, values in fit.history.items()}
+
+
+def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, float] | None:
+    """``balanced``: n / (classes × count) per class, so each class weighs the same in the loss."""
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return {i: float(len(labels) / (num_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
+
+
+def split_arrays(
+    image_index: pd.DataFrame, split: str, class_names: list[str]
+) -> tuple[list[str], list[str], np.ndarray]:
+    """Paths, content hashes and one-hot labels of one split."""
+    rows = image_index.loc[image_index["split"] == split]
+    label_ids = rows["label"].map({label: i for i, label in enumerate(class_names)}).to_numpy(np.int64)
+    return (
+        rows["path"].tolist(),
+        rows["sha256"].tolist(),
+        keras.utils.to_categorical(label_ids, len(class_names)),
+    )
