@@ -5,7 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import PROJECT_ROOT, scratch_project
+
+# Runs kedro-airflow's generator in a subprocess.
+pytestmark = pytest.mark.slow
 
 DAG = PROJECT_ROOT / "airflow/dags/image_classifier_retraining_dag.py"
 

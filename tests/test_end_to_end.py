@@ -8,6 +8,9 @@ from PIL import Image
 
 from conftest import latest_run, run_session, scratch_project, tracked
 
+# The default pipeline in real Kedro sessions.
+pytestmark = pytest.mark.slow
+
 RUN_PARAMS = {
     "backbone.input_size": 96,
     # Seconds on cached features, and enough for the head to beat chance (1/3) on the tiny set.

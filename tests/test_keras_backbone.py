@@ -10,6 +10,9 @@ import pytest
 from conftest import latest_run, run_session, scratch_project, tracked
 from image_classifier.backbones import BackboneWeightsError
 
+# Kedro sessions, one of them training on a keras.applications network.
+pytestmark = pytest.mark.slow
+
 RUN_PARAMS = {
     "backbone.name": "keras:Xception",
     "backbone.input_size": 71,

@@ -12,6 +12,9 @@ from conftest import free_port, scratch_project, wait_until_up
 from image_classifier.hooks import TrackingServerError
 from image_classifier.retrain import retrain
 
+# Starts an MLflow server and runs Kedro sessions against it.
+pytestmark = pytest.mark.slow
+
 PARAMS = {
     "backbone": {"input_size": 64},
     "training": {"epochs": 1},

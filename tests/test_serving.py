@@ -13,6 +13,9 @@ from conftest import encode
 from image_classifier import tracking
 from image_classifier.models import scratch_convnet
 
+# Logs, registers and reloads a real model.
+pytestmark = pytest.mark.slow
+
 CLASSES = ["cat", "dog", "owl"]
 SIZE = 32
 
@@ -71,6 +74,7 @@ def test_encoded_files_are_decoded(logged):
 _FRESH = """
 import json, sys
 import mlflow, numpy as np
+
 mlflow.set_tracking_uri(sys.argv[1])
 model = mlflow.pyfunc.load_model(sys.argv[2])
 files = np.array([open(path, "rb").read() for path in sys.argv[3:]], dtype=object)

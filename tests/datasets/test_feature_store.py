@@ -87,6 +87,7 @@ for i in range(int(sys.argv[2]), int(sys.argv[3])):
 """
 
 
+@pytest.mark.slow
 def test_two_processes_writing_the_same_cache_leave_it_consistent(tmp_path):
     # Overlapping ranges: both processes compute k30..k59, as two runs on the same data would.
     writers = [

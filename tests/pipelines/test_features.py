@@ -68,6 +68,7 @@ def test_every_key_field_changes_the_key():
     assert cache_key("a" * 64, 0, context, "aug1") == cache_key("a" * 64, 0, context, "aug2")
 
 
+@pytest.mark.slow
 def test_second_run_computes_nothing_and_returns_the_same_features(inputs, tmp_path):
     train, validation, test, metrics = _run(inputs, tmp_path / "store", tmp_path / "weights")
     assert train["features"].shape == (48, 1280) and validation["features"].shape == (24, 1280)
@@ -83,6 +84,7 @@ def test_second_run_computes_nothing_and_returns_the_same_features(inputs, tmp_p
     assert not np.allclose(train["features"][0], train["features"][1])
 
 
+@pytest.mark.slow
 def test_changed_augmentation_recomputes_only_augmented_views(inputs, tmp_path):
     _run(inputs, tmp_path / "store", tmp_path / "weights")
     rotated = {"views": 2, "transforms": [{"name": "Rotate", "params": {"limit": 30, "p": 1.0}}]}
@@ -91,12 +93,14 @@ def test_changed_augmentation_recomputes_only_augmented_views(inputs, tmp_path):
     assert metrics["features.reused"]["value"] == 72
 
 
+@pytest.mark.slow
 def test_changed_input_size_recomputes_everything(inputs, tmp_path):
     _run(inputs, tmp_path / "store", tmp_path / "weights", input_size=64)
     _, _, _, metrics = _run(inputs, tmp_path / "store", tmp_path / "weights", input_size=96)
     assert metrics["features.reused"]["value"] == 0 and metrics["features.computed"]["value"] == 96
 
 
+@pytest.mark.slow
 def test_new_images_compute_only_their_views(inputs, tiny_demo, tmp_path):
     _run(inputs, tmp_path / "store", tmp_path / "weights")
     grown = tmp_path / "grown"
@@ -108,6 +112,7 @@ def test_new_images_compute_only_their_views(inputs, tiny_demo, tmp_path):
     assert metrics["features.reused"]["value"] == 96
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_finished_by_the_next_one(inputs, tmp_path, monkeypatch):
     monkeypatch.setattr(nodes, "_SHARD_VECTORS", 16)
     renames: list[str] = []
@@ -131,6 +136,7 @@ def test_a_killed_run_is_finished_by_the_next_one(inputs, tmp_path, monkeypatch)
     np.testing.assert_allclose(train["features"], clean_train["features"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fp16_storage_halves_the_cache_and_keeps_the_features(inputs, tmp_path):
     train32, _, _, metrics32 = _run(inputs, tmp_path / "fp32", tmp_path / "weights")
     train16, _, _, metrics16 = _run(inputs, tmp_path / "fp16", tmp_path / "weights", storage="fp16")

@@ -8,6 +8,9 @@ from image_classifier.models import classifier_head
 from image_classifier.pipelines.fine_tuning.nodes import fine_tune
 from image_classifier.pipelines.ingestion.nodes import class_names, index_images
 
+# Builds the backbone and fine-tunes it.
+pytestmark = pytest.mark.slow
+
 AUGMENTATION = {"views": 2, "transforms": [{"name": "HorizontalFlip", "params": {"p": 0.5}}]}
 
 

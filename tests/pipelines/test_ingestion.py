@@ -187,6 +187,7 @@ def test_unusable_folders_fail_with_clear_messages(tmp_path):
     assert "missing does not exist" in str(raised.value)
 
 
+@pytest.mark.slow
 def test_ingestion_run_reports_to_mlflow_and_leaves_raw_files_untouched(tmp_path, messy_folder):
     project = scratch_project(tmp_path / "project")
     before = _snapshot(messy_folder)
@@ -215,6 +216,7 @@ def test_ingestion_run_reports_to_mlflow_and_leaves_raw_files_untouched(tmp_path
         (lambda raw: _class_layout(raw, {"cat": 5}), "only one class ('cat')"),
     ],
 )
+@pytest.mark.slow
 def test_kedro_run_prints_data_errors_without_a_stack_trace(tmp_path, make_raw, message):
     project = scratch_project(tmp_path / "project")
     make_raw(tmp_path / "raw")

@@ -29,6 +29,9 @@ from conftest import (
 )
 from image_classifier.retrain import EXIT_LOCKED, exclusive_lock, retrain
 
+# Real retrainings in Kedro sessions, and a served model.
+pytestmark = pytest.mark.slow
+
 PARAMS = {
     "backbone": {"input_size": 96},
     "training": {"epochs": 20},

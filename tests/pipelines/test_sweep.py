@@ -10,6 +10,9 @@ from conftest import run_session, scratch_project, tracked
 from image_classifier.cli import cli
 from image_classifier.config import ParameterError
 
+# Kedro sessions of the sweep.
+pytestmark = pytest.mark.slow
+
 BACKBONES = ["mobilenet_v2", "efficientnet_lite0"]  # conf/base/parameters_sweep.yml
 RUN_PARAMS = {"training.epochs": 20, "augmentation.views": 2, "sweep.throughput_images": 16}
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from image_classifier.fitting import class_weights
 from image_classifier.pipelines.training.nodes import train_head
@@ -14,6 +15,7 @@ def _blobs(seed, n_per_class=40, dim=16):
     return {"features": features.astype(np.float32), "labels": np.repeat(np.arange(3), n_per_class)}
 
 
+@pytest.mark.slow
 def test_head_learns_and_reports_contract_metrics():
     head, metrics, history = train_head(
         _blobs(0), _blobs(1, 10), _blobs(2, 10), ["a", "b", "c"], PARAMS, seed=3
@@ -26,6 +28,7 @@ def test_head_learns_and_reports_contract_metrics():
     assert head.output_shape == (None, 3)
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_and_weights():
     runs = [
         train_head(_blobs(0), _blobs(1, 10), _blobs(2, 10), ["a", "b", "c"], PARAMS, seed=5) for _ in range(2)
@@ -36,6 +39,7 @@ def test_same_seed_same_metrics_and_weights():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_hidden_layer_label_smoothing_and_class_weights():
     params = {**PARAMS, "hidden_units": 32, "label_smoothing": 0.1, "class_weight": "balanced"}
     head, metrics, _ = train_head(_blobs(0), _blobs(1, 10), _blobs(2, 10), ["a", "b", "c"], params, seed=3)
