@@ -68,7 +68,7 @@ class LoadingParams(_Strict):
 
 # Read by the catalog (conf/*/globals.yml), not by nodes: only --params may set them as parameters.
 _CATALOG_SETTING = "set in conf/<env>/globals.yml, or per run with --params; read by the catalog"
-# The dotted names of those settings, and the globals.yml key that holds each default.
+# Their dotted names, which are also their keys in globals.yml.
 CATALOG_SETTINGS = ("raw_images_dir", "inference_dir", "inference.model_uri")
 
 

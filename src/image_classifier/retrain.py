@@ -104,9 +104,10 @@ def _ingest_untracked(project: Path, env: str | None, params: dict[str, Any]) ->
     command += ["--env", env] if env else []
     dotted = _dotlist(params)
     command += ["--params", ",".join(dotted)] if dotted else []
-    result = subprocess.run(command, cwd=project, capture_output=True, text=True)
+    # Its output (progress, the ingestion summary, a data error) goes straight to the user.
+    result = subprocess.run(command, cwd=project, check=False)
     if result.returncode != 0:
-        raise RetrainError(f"ingestion failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+        raise RetrainError(f"ingestion failed (exit {result.returncode}); its message is above")
 
 
 def _dotlist(params: dict[str, Any], prefix: str = "") -> list[str]:

@@ -18,6 +18,7 @@ from conftest import (
     tracked,
     write_photo,
 )
+from image_classifier.config import ParameterError
 from image_classifier.datasets import ImageFolderDataset, RawFolderError
 from image_classifier.errors import find_project_error
 from image_classifier.pipelines.ingestion.nodes import IngestionError, class_names, index_images
@@ -233,3 +234,18 @@ def test_kedro_run_prints_data_errors_without_a_stack_trace(tmp_path, make_raw, 
     assert result.returncode == 1
     assert message in result.stderr.replace("\n", " ")
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_the_raw_folder_is_set_in_globals_and_refused_in_a_parameters_file(tmp_path):
+    """One home for the setting the catalog reads: conf/local/globals.yml is honoured; the same
+    key in conf/local/parameters.yml, where the catalog would never see it, stops the run."""
+    project = scratch_project(tmp_path / "project")
+    _class_layout(tmp_path / "raw", {"cat": 5})  # one class: an ingestion error naming the folder
+    (project / "conf/local/globals.yml").write_text(f"raw_images_dir: {tmp_path / 'raw'}\n")
+    with tracked(project):
+        with pytest.raises(IngestionError, match=f"{tmp_path / 'raw'}: only one class"):
+            run_session(project, "ingestion")
+        (project / "conf/local/parameters.yml").write_text("raw_images_dir: elsewhere\n")
+        with pytest.raises(ParameterError, match=r"raw_images_dir: the catalog reads these from"):
+            run_session(project, "ingestion")
