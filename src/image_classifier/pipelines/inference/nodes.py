@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from image_classifier.config import InferenceParams
 from image_classifier.datasets import ImageFolder
 from image_classifier.images import UnusableImage, decode_rgb
+from image_classifier.tracking import scalar_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,7 @@ def classify_folder(
     logger.info("Inference: %d classified, %d unreadable", len(images.files) - len(failures), len(failures))
     for failure in failures:
         logger.warning("Unreadable: %s (%s)", failure["file"], failure["error"])
-    metrics = {
-        "inference.classified": {"value": len(images.files) - len(failures), "step": 0},
-        "inference.unreadable": {"value": len(failures), "step": 0},
-    }
+    metrics = scalar_metrics(
+        {"inference.classified": len(images.files) - len(failures), "inference.unreadable": len(failures)}
+    )
     return table, metrics

@@ -21,6 +21,7 @@ from image_classifier.config import IngestionParams, SplitParams
 from image_classifier.datasets import ImageFolder, index_digest
 from image_classifier.errors import ProjectError
 from image_classifier.images import UnusableImage, decode_rgb
+from image_classifier.tracking import scalar_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -311,7 +312,6 @@ def class_names(index: pd.DataFrame) -> list[str]:
 
 
 def ingestion_metrics(report: dict[str, Any]) -> dict[str, dict[str, float]]:
-    return {
-        "ingestion.accepted": {"value": float(report["accepted"]), "step": 0},
-        "ingestion.rejected": {"value": float(report["rejected"]), "step": 0},
-    }
+    return scalar_metrics(
+        {"ingestion.accepted": report["accepted"], "ingestion.rejected": report["rejected"]}
+    )
