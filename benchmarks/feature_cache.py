@@ -42,7 +42,7 @@ from kedro.config import OmegaConfigLoader
 
 from image_classifier import engines, settings
 from image_classifier.backbones import get_spec, load_pretrained
-from image_classifier.config import BackboneParams, FeaturesParams, TrainingParams
+from image_classifier.config import BackboneParams, FeaturesParams, IngestionParams, TrainingParams
 from image_classifier.datasets import FeatureStoreDataset, ImageFolderDataset
 from image_classifier.loading import AugmentedImages, ViewLoader
 from image_classifier.models import classifier_head, feature_extractor, full_classifier
@@ -96,6 +96,7 @@ def _compute(params: dict[str, Any], store: Path, fraction: float):
         plan,
         index,
         raw,
+        params["ingestion"],
         FeatureStoreDataset(str(store)).load(),
         names,
         params["backbone"],
@@ -132,7 +133,7 @@ def backbone_only(params: dict[str, Any], raw, index) -> float:
     """(a) images/s of the pipeline's own traced backbone on tensors already in memory (best pass)."""
     backbone, features = BackboneParams(**params["backbone"]), FeaturesParams(**params["features"])
     forward = engines.backbone_forward(backbone, features)
-    loader = ViewLoader(raw, backbone.input_size)
+    loader = ViewLoader(raw, IngestionParams(**params["ingestion"]), backbone.input_size)
     rows = index.head(features.batch_size * 4)
     images = np.stack([loader(p, s, 0) for p, s in zip(rows["path"], rows["sha256"], strict=True)])
     batches = [images[i : i + features.batch_size] for i in range(0, len(images), features.batch_size)]
@@ -187,7 +188,13 @@ def head_vs_end_to_end(params: dict[str, Any], cached, sample_batches: int = 8) 
     )
     rows = index[index["split"] == "train"]
     label_ids = {n: i for i, n in enumerate(names)}
-    loader = ViewLoader(raw, backbone.input_size, tuple(params["augmentation"]["transforms"]), params["seed"])
+    loader = ViewLoader(
+        raw,
+        IngestionParams(**params["ingestion"]),
+        backbone.input_size,
+        tuple(params["augmentation"]["transforms"]),
+        params["seed"],
+    )
     sample = AugmentedImages(
         loader,
         rows["path"].tolist()[: training.batch_size * (sample_batches + 1)],

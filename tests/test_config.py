@@ -74,6 +74,16 @@ def test_bad_values_are_named_with_the_value():
         validate_parameters({"split": {"validation": 0.6, "test": 0.5}})
 
 
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", float("inf")])
+def test_every_float_parameter_must_be_finite(value):
+    # inf passes "> 0" and used to train to NaN losses and register a model at chance accuracy;
+    # --params gives strings, YAML gives floats: both are refused.
+    with pytest.raises(ParameterError, match=r"training\.learning_rate: Input should be a finite number"):
+        validate_parameters({"training": {"learning_rate": value}})
+    with pytest.raises(ParameterError, match=r"retraining\.min_improvement"):
+        validate_parameters({"retraining": {"min_improvement": value}})
+
+
 def test_model_settings_leave_out_what_does_not_change_the_model():
     base = model_settings(Parameters())
     same = [

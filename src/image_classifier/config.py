@@ -29,7 +29,8 @@ from image_classifier.errors import ProjectError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan pass every bound check (inf > 0) and then wreck a whole training run.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     # False for sections that only say how a run goes (threads, batch sizes of scoring, ...).
     AFFECTS_MODEL: ClassVar[bool] = True
 
@@ -54,6 +55,9 @@ class IngestionParams(_Strict):
     min_side: int = Field(32, ge=1, description="images with a shorter side (px) are rejected as too small")
     max_pixels: int = Field(
         64_000_000, ge=1, description="images with more pixels are rejected before decoding (bomb guard)"
+    )
+    max_file_bytes: int = Field(
+        50_000_000, ge=1, description="files bigger than this (bytes) are rejected before they are read"
     )
     workers: int = _not_in_fingerprint(4, ge=1, description="threads reading, hashing and decoding files")
 

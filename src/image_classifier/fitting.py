@@ -7,10 +7,18 @@ and no pipeline package imports another.
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+
+from image_classifier.errors import ProjectError
+
+
+class TrainingDiverged(ProjectError):
+    """The loss stopped being a number: the weights are garbage and must not be saved."""
 
 
 def seed_everything(seed: int) -> None:
@@ -29,9 +37,30 @@ def history_metrics(history: dict[str, list[float]], prefix: str) -> dict[str, l
     }
 
 
-def early_stopping(patience: int) -> keras.callbacks.EarlyStopping:
-    """Stop when validation loss stops improving, and keep the best epoch's weights."""
-    return keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True)
+def fit_callbacks(patience: int, learning_rate: str) -> list[keras.callbacks.Callback]:
+    """Early stopping on validation loss (the best epoch's weights are kept), and a hard stop
+    when the loss becomes NaN or infinite; ``learning_rate`` names the parameter to lower."""
+    return [
+        keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True),
+        _FailOnNonFiniteLoss(learning_rate),
+    ]
+
+
+class _FailOnNonFiniteLoss(keras.callbacks.Callback):
+    # Keras's own TerminateOnNaN stops quietly and the run would go on to register the model;
+    # raising fails the node, so nothing downstream (evaluation, registration) runs.
+    def __init__(self, learning_rate: str):
+        super().__init__()
+        self._learning_rate = learning_rate
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        for name in ("loss", "val_loss"):
+            value = (logs or {}).get(name)
+            if value is not None and not math.isfinite(float(value)):
+                raise TrainingDiverged(
+                    f"{name} became {float(value)} in epoch {epoch + 1}: training diverged and its "
+                    f"model is discarded. Lower {self._learning_rate}, or look for NaN in the inputs"
+                )
 
 
 def plain_history(fit: keras.callbacks.History) -> dict[str, list[float]]:

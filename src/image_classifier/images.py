@@ -1,8 +1,13 @@
-"""Decoding and resizing shared by every stage, so that training and serving see the same pixels."""
+"""Reading, decoding and resizing shared by every stage, so that training and serving see the same
+pixels, and every path that takes a user's file (ingestion, the stages' loaders, inference, the
+served model) applies the same guards: names, file type and size, header size, decodability."""
 
 from __future__ import annotations
 
 import io
+import os
+import stat
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -12,11 +17,64 @@ class UnusableImage(ValueError):
     """A file that cannot become a training image; the message is the reason shown to users."""
 
 
-def decode_rgb(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+def name_problem(relative: str) -> str | None:
+    """Why a file name cannot be stored in CSV, JSON and MLflow as it is, or None."""
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:
+        return "unreadable name: not valid UTF-8"
+    if any(ord(char) < 32 or ord(char) == 127 for char in relative):
+        return "unreadable name: contains control characters"
+    return None
+
+
+def printable(relative: str) -> str:
+    """A name that survives JSON and CSV even when the file system's bytes are not UTF-8."""
+    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device"}
+
+
+def read_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, or ``UnusableImage`` saying why not.
+
+    The size is checked with ``stat`` before reading, and the read itself stops one byte past
+    the limit, so neither a huge file nor one growing while it is read can exhaust memory. Every
+    ``OSError`` (permission denied, I/O error, deleted meanwhile) becomes a reason, not a crash.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise UnusableImage(
+                f"dangling symlink: points to {os.readlink(path)}, which does not exist"
+            ) from None
+        raise UnusableImage("unreadable: the file disappeared while the folder was read") from None
+    except OSError as error:
+        raise UnusableImage(f"unreadable: {error.strerror or error}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+        raise UnusableImage(f"not a regular file: {kind}")
+    if info.st_size > max_bytes:
+        raise UnusableImage(f"too big: {info.st_size} bytes, above ingestion.max_file_bytes = {max_bytes}")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as error:
+        raise UnusableImage(f"unreadable: {error.strerror or error}") from None
+    if len(data) > max_bytes:
+        raise UnusableImage(f"too big: grew past ingestion.max_file_bytes = {max_bytes} while read")
+    if not data:
+        raise UnusableImage("empty file: zero bytes")
+    return data
+
+
+def decode_rgb(data: bytes, max_pixels: int | None = None, min_side: int = 1) -> np.ndarray:
     """Bytes of any common image file → upright RGB uint8 array (H, W, 3).
 
-    ``max_pixels`` is checked against the header before any pixel is decoded, so a
-    decompression bomb costs a few bytes of reading, not gigabytes of memory.
+    ``max_pixels`` and ``min_side`` are checked against the header before any pixel is decoded,
+    so a decompression bomb costs a few bytes of reading, not gigabytes of memory.
     """
     try:
         opened = Image.open(io.BytesIO(data))
@@ -31,6 +89,10 @@ def decode_rgb(data: bytes, max_pixels: int | None = None) -> np.ndarray:
             raise UnusableImage(
                 f"too large: {image.width}x{image.height} = {image.width * image.height} pixels, "
                 f"above ingestion.max_pixels = {max_pixels}"
+            )
+        if min(image.width, image.height) < min_side:
+            raise UnusableImage(
+                f"too small: {image.width}x{image.height} px, below ingestion.min_side = {min_side}"
             )
         try:
             return _to_rgb(image)

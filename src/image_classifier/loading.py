@@ -17,15 +17,21 @@ import keras
 import numpy as np
 
 from image_classifier.augment import apply_view, build_compose, view_seed
+from image_classifier.config import IngestionParams
 from image_classifier.datasets import ImageFolder
 from image_classifier.images import decode_rgb, resize
 
 
 @dataclass(frozen=True)
 class ViewLoader:
-    """Loads one (image, view) as a square uint8 array; safe to call from many threads."""
+    """Loads one (image, view) as a square uint8 array; safe to call from many threads.
+
+    Files are read through ingestion's guards (``limits``): a photo replaced after ingestion by
+    a decompression bomb or a huge file is refused from its header, never decoded.
+    """
 
     raw: ImageFolder
+    limits: IngestionParams
     size: int
     transforms: tuple[dict[str, Any], ...] = ()
     seed: int = 0
@@ -45,7 +51,9 @@ class ViewLoader:
         # image decodes and resizes it once instead of once per view.
         local = self._local  # type: ignore[attr-defined]
         if getattr(local, "path", None) != path:
-            local.path, local.image = path, resize(decode_rgb(self.raw.read_bytes(path)), self.size)
+            data = self.raw.read_bytes(path, self.limits.max_file_bytes)
+            image = decode_rgb(data, self.limits.max_pixels, self.limits.min_side)
+            local.path, local.image = path, resize(image, self.size)
         return local.image
 
     def __call__(self, path: str, sha256: str, view: int) -> np.ndarray:

@@ -60,7 +60,7 @@ def test_preview_shows_one_image_per_class_with_its_views(tiny_demo):
     raw = ImageFolderDataset(str(tiny_demo)).load()
     index, _ = index_images(raw, {"validation": 0.1, "test": 0.1}, {}, seed=0)
     augmentation = {"views": 3, "transforms": [{"name": "HorizontalFlip", "params": {"p": 1.0}}]}
-    figure = preview_views(plan_views(index, augmentation), raw, {"input_size": 64}, augmentation, seed=0)
+    figure = preview_views(plan_views(index, augmentation), raw, {}, {"input_size": 64}, augmentation, seed=0)
     axes = np.array(figure.axes).reshape(3, 3)
     assert [a.get_ylabel() for a in axes[:, 0]] == ["dress", "hat", "pants"]
     assert [a.get_title() for a in axes[0]] == ["plain (view 0)", "view 1", "view 2"]

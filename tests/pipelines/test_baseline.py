@@ -60,7 +60,7 @@ def test_baseline_learns_and_reports_its_metrics(tmp_path):
     }
     augmentation = {"transforms": [{"name": "HorizontalFlip", "params": {"p": 0.5}}]}
     model, metrics, history = train_baseline(
-        index, raw, class_names(index), baseline, augmentation, 2, seed=0
+        index, raw, {}, class_names(index), baseline, augmentation, 2, seed=0
     )
     assert model.name == "scratch_convnet"
     assert sorted(history) == ["accuracy", "loss", "val_accuracy", "val_loss"]

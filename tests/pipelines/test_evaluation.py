@@ -58,7 +58,7 @@ def test_gallery_shows_the_most_confident_mistakes_first(tiny_demo):
             "confidence": [0.99, 0.6, 0.8, 0.7],
         }
     )
-    figure = plot_misclassified(predictions, raw, thumbnail=48)
+    figure = plot_misclassified(predictions, raw, {}, thumbnail=48)
     titled = [a.get_title() for a in figure.axes if a.get_images()]
     assert titled == [
         "true: hat\npredicted: pants (0.80)",

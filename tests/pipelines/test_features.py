@@ -32,6 +32,7 @@ def _run(inputs, store_dir, weights_dir, input_size=64, augmentation=AUGMENTATIO
         plan,
         index,
         raw,
+        {},
         FeatureStoreDataset(str(store_dir)).load(),
         names,
         {"name": "mobilenet_v2", "input_size": input_size, "cache_dir": str(weights_dir)},

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from kedro.io import DatasetError
 from PIL import Image
@@ -113,6 +114,30 @@ def test_every_bad_file_is_rejected_with_its_reason(messy_folder):
     # The duplicate across splits survives only in the held-out split: no test image trains.
     assert "test/dog/dog0.png" in accepted and not index["sha256"].duplicated().any()
     assert report["accepted"] == len(index) == 16 + 5  # the good photos and the odd formats
+
+
+def test_files_that_cannot_be_read_are_rejected_entries_not_a_crash(tmp_path):
+    """OSErrors, links to nothing, FIFOs and oversized files: each is a reason in the report."""
+    raw = tmp_path / "raw"
+    for s, split in enumerate(("train", "validation", "test")):
+        for c, label in enumerate(("cat", "dog")):
+            write_photo(raw / split / label / "ok.png", seed=10 * s + c)
+    cat = raw / "train" / "cat"
+    os.symlink("/proc/self/mem", cat / "eio.png")  # stat says a file; reading it fails with EIO
+    os.symlink("loop.png", cat / "loop.png")  # ELOOP from stat
+    os.symlink("missing.png", cat / "dangling.png")
+    os.mkfifo(cat / "pipe.png")  # opening it would block the run forever
+    noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(cat / "huge.png")  # ~270 KB of incompressible pixels
+    index, report = _index(raw, max_file_bytes=100_000)
+    reasons = {r["path"]: r["reason"] for r in report["rejected_files"]}
+    assert reasons["train/cat/eio.png"] == "unreadable: Input/output error"
+    assert reasons["train/cat/loop.png"].startswith("unreadable: Too many levels of symbolic links")
+    assert reasons["train/cat/dangling.png"].startswith("dangling symlink: points to missing.png")
+    assert reasons["train/cat/pipe.png"] == "not a regular file: a FIFO"
+    assert reasons["train/cat/huge.png"].startswith("too big: ")
+    assert "above ingestion.max_file_bytes = 100000" in reasons["train/cat/huge.png"]
+    assert len(reasons) == 5 and len(index) == 6
 
 
 def test_report_counts_classes_splits_and_imbalance(tmp_path):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from image_classifier.fitting import class_weights
+from image_classifier.fitting import TrainingDiverged, class_weights
 from image_classifier.pipelines.training.nodes import train_head
 
 PARAMS = {"epochs": 30, "batch_size": 16, "learning_rate": 0.01, "dropout": 0.1, "patience": 3}
@@ -55,3 +55,12 @@ def test_balanced_class_weights_equalise_each_class_total():
     totals = [weights[c] * (labels == c).sum() for c in range(3)]
     np.testing.assert_allclose(totals, [100 / 3] * 3)
     assert class_weights(labels, 3, "none") is None
+
+
+@pytest.mark.slow
+def test_a_diverging_loss_fails_the_node_instead_of_saving_garbage():
+    """A loss that became NaN used to train on silently and register a model at chance accuracy."""
+    poisoned = _blobs(0)
+    poisoned["features"][0] = np.nan
+    with pytest.raises(TrainingDiverged, match=r"loss became nan in epoch 1.*Lower training\.learning_rate"):
+        train_head(poisoned, _blobs(1, 10), _blobs(2, 10), ["a", "b", "c"], PARAMS, seed=3)

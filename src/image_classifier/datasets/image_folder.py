@@ -9,6 +9,7 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 
 from image_classifier.errors import ProjectError
+from image_classifier.images import read_file
 
 
 class RawFolderError(ProjectError):
@@ -22,16 +23,18 @@ class ImageFolder:
     root: Path
     files: tuple[str, ...]
 
-    def read_bytes(self, relative: str) -> bytes:
-        return (self.root / relative).read_bytes()
+    def read_bytes(self, relative: str, max_bytes: int) -> bytes:
+        """The file's bytes through the shared guards (``images.read_file``)."""
+        return read_file(self.root / relative, max_bytes)
 
 
 class ImageFolderDataset(AbstractDataset[None, ImageFolder]):
     """Lists the files under ``path`` (recursively) without reading them.
 
-    Hidden files (``.DS_Store``, ``.gitkeep``) are skipped; everything else is listed, so that
-    ingestion can report stray files instead of silently ignoring them. The pipeline never
-    writes here: raw data is the user's and stays untouched.
+    Hidden files (``.DS_Store``, ``.gitkeep``) are skipped; everything else that is not a folder
+    is listed (dangling symlinks and FIFOs too), so that ingestion and inference report it
+    instead of silently ignoring it. The pipeline never writes here: raw data is the user's and
+    stays untouched.
     """
 
     def __init__(
@@ -58,7 +61,8 @@ class ImageFolderDataset(AbstractDataset[None, ImageFolder]):
         files = sorted(
             path.relative_to(self._path).as_posix()
             for path in self._path.rglob("*")
-            if path.is_file() and not any(part.startswith(".") for part in path.relative_to(self._path).parts)
+            if not path.is_dir()
+            and not any(part.startswith(".") for part in path.relative_to(self._path).parts)
         )
         return ImageFolder(self._path, tuple(files))
 

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from image_classifier.augment import build_compose
-from image_classifier.config import AugmentationParams, BackboneParams
+from image_classifier.config import AugmentationParams, BackboneParams, IngestionParams
 from image_classifier.datasets import ImageFolder
 from image_classifier.loading import ViewLoader
 
@@ -35,6 +35,7 @@ def plan_views(image_index: pd.DataFrame, augmentation: dict[str, Any]) -> pd.Da
 def preview_views(
     view_plan: pd.DataFrame,
     raw_images: ImageFolder,
+    ingestion: dict[str, Any],
     backbone: dict[str, Any],
     augmentation: dict[str, Any],
     seed: int,
@@ -46,6 +47,7 @@ def preview_views(
     params = AugmentationParams(**augmentation)
     loader = ViewLoader(
         raw_images,
+        IngestionParams(**ingestion),
         BackboneParams(**backbone).input_size,
         tuple(t.model_dump() for t in params.transforms),
         seed,

@@ -9,7 +9,14 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(plan_views, ["image_index", "params:augmentation"], "view_plan", name="plan_views"),
             node(
                 preview_views,
-                ["view_plan", "raw_images", "params:backbone", "params:augmentation", "params:seed"],
+                [
+                    "view_plan",
+                    "raw_images",
+                    "params:ingestion",
+                    "params:backbone",
+                    "params:augmentation",
+                    "params:seed",
+                ],
                 "augmentation_preview",
                 name="preview_views",
             ),

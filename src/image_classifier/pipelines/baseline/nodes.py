@@ -8,10 +8,10 @@ from typing import Any
 import keras
 import pandas as pd
 
-from image_classifier.config import AugmentationParams, BaselineParams
+from image_classifier.config import AugmentationParams, BaselineParams, IngestionParams
 from image_classifier.datasets import ImageFolder
 from image_classifier.fitting import (
-    early_stopping,
+    fit_callbacks,
     history_metrics,
     plain_history,
     seed_everything,
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 def train_baseline(
     image_index: pd.DataFrame,
     raw_images: ImageFolder,
+    ingestion: dict[str, Any],
     class_names: list[str],
     baseline: dict[str, Any],
     augmentation: dict[str, Any],
@@ -53,14 +54,15 @@ def train_baseline(
             loader, *split_arrays(image_index, split, class_names), params.batch_size, seed, workers
         )
 
-    train = batches("train", ViewLoader(raw_images, size, transforms, seed))
-    validation, test = (batches(s, ViewLoader(raw_images, size)) for s in ("validation", "test"))
+    limits = IngestionParams(**ingestion)
+    train = batches("train", ViewLoader(raw_images, limits, size, transforms, seed))
+    validation, test = (batches(s, ViewLoader(raw_images, limits, size)) for s in ("validation", "test"))
     logger.info("Baseline: %d-block convnet from scratch at %d px", len(params.conv_blocks), size)
     fit = model.fit(
         train,
         validation_data=validation,
         epochs=params.epochs,
-        callbacks=[early_stopping(params.patience)],
+        callbacks=fit_callbacks(params.patience, "baseline.learning_rate"),
         verbose=2,
     )
     scores = {

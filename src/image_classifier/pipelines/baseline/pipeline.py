@@ -11,6 +11,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 [
                     "image_index",
                     "raw_images",
+                    "params:ingestion",
                     "class_names",
                     "params:baseline",
                     "params:augmentation",

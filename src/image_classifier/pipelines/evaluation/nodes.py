@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from image_classifier.config import BackboneParams, EvaluationParams
+from image_classifier.config import BackboneParams, EvaluationParams, IngestionParams
 from image_classifier.datasets import ImageFolder
 from image_classifier.loading import ViewLoader, iter_batches
 from image_classifier.tracking import scalar_metrics
@@ -26,6 +26,7 @@ def predict_test(
     classifier_model: keras.Model,
     image_index: pd.DataFrame,
     raw_images: ImageFolder,
+    ingestion: dict[str, Any],
     class_names: list[str],
     backbone: dict[str, Any],
     evaluation: dict[str, Any],
@@ -36,7 +37,8 @@ def predict_test(
     batch_size = EvaluationParams(**evaluation).batch_size
     test = image_index.loc[image_index["split"] == "test"]
     items = list(zip(test["path"], test["sha256"], [0] * len(test), strict=True))
-    batches = iter_batches(items, ViewLoader(raw_images, size), batch_size, workers)
+    loader = ViewLoader(raw_images, IngestionParams(**ingestion), size)
+    batches = iter_batches(items, loader, batch_size, workers)
     probabilities = np.concatenate([classifier_model.predict_on_batch(batch) for batch in batches])
     return pd.DataFrame(
         {
@@ -83,7 +85,11 @@ def per_class_table(classification_report: dict[str, Any]) -> pd.DataFrame:
 
 
 def plot_misclassified(
-    predictions: pd.DataFrame, raw_images: ImageFolder, max_images: int = 16, thumbnail: int = 160
+    predictions: pd.DataFrame,
+    raw_images: ImageFolder,
+    ingestion: dict[str, Any],
+    max_images: int = 16,
+    thumbnail: int = 160,
 ) -> plt.Figure:
     """The test images the model got wrong with the most confidence: the first place to look for
     label noise, look-alike classes or a shortcut the model learned."""
@@ -92,7 +98,7 @@ def plot_misclassified(
     columns = 4
     rows = max(-(-len(wrong) // columns), 1)
     figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
-    loader = ViewLoader(raw_images, thumbnail)
+    loader = ViewLoader(raw_images, IngestionParams(**ingestion), thumbnail)
     for cell, (_, row) in zip(axes.flat, wrong.iterrows(), strict=False):
         cell.imshow(loader(row["path"], "", 0))
         cell.set_title(
@@ -159,11 +165,18 @@ def plot_training_curves(
 
 
 def model_for_registry(
-    classifier_model: keras.Model, class_names: list[str], backbone: dict[str, Any]
+    classifier_model: keras.Model,
+    class_names: list[str],
+    backbone: dict[str, Any],
+    ingestion: dict[str, Any],
 ) -> dict[str, Any]:
-    """What the registered pyfunc needs: the model, its class order and its input size."""
+    """What the registered pyfunc needs: the model, its class order, its input size, and the
+    guards it applies to the files it is sent (the ones ingestion applied to the training set)."""
     return {
         "model": classifier_model,
         "class_names": class_names,
         "input_size": BackboneParams(**backbone).input_size,
+        "limits": IngestionParams(**ingestion).model_dump(
+            include={"max_pixels", "min_side", "max_file_bytes"}
+        ),
     }

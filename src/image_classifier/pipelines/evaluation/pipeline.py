@@ -20,6 +20,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "classifier_model",
                     "image_index",
                     "raw_images",
+                    "params:ingestion",
                     "class_names",
                     "params:backbone",
                     "params:evaluation",
@@ -43,7 +44,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(per_class_table, "classification_report", "per_class_metrics", name="per_class_table"),
             node(
                 plot_misclassified,
-                ["test_predictions", "raw_images"],
+                ["test_predictions", "raw_images", "params:ingestion"],
                 "misclassified_plot",
                 name="plot_misclassified",
             ),
@@ -55,7 +56,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 model_for_registry,
-                ["classifier_model", "class_names", "params:backbone"],
+                ["classifier_model", "class_names", "params:backbone", "params:ingestion"],
                 "registered_model",
                 name="register_model",
             ),

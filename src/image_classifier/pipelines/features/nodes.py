@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from image_classifier import engines
 from image_classifier.augment import config_hash
 from image_classifier.backbones import weights_identity
-from image_classifier.config import AugmentationParams, BackboneParams, FeaturesParams
+from image_classifier.config import AugmentationParams, BackboneParams, FeaturesParams, IngestionParams
 from image_classifier.datasets import FeatureStore, ImageFolder
 from image_classifier.loading import ViewLoader, iter_batches
 from image_classifier.tracking import scalar_metrics
@@ -57,6 +57,7 @@ def _compute_missing(
     todo: list[tuple[str, str, int, str]],
     store: FeatureStore,
     raw: ImageFolder,
+    limits: IngestionParams,
     backbone: BackboneParams,
     features: FeaturesParams,
     augmentation: AugmentationParams,
@@ -66,7 +67,7 @@ def _compute_missing(
     forward = engines.backbone_forward(backbone, features)
     dtype = _STORED_DTYPE[features.storage]
     loader = ViewLoader(
-        raw, backbone.input_size, tuple(t.model_dump() for t in augmentation.transforms), seed
+        raw, limits, backbone.input_size, tuple(t.model_dump() for t in augmentation.transforms), seed
     )
     pending_keys: list[str] = []
     pending_vectors: list[np.ndarray] = []
@@ -94,6 +95,7 @@ def compute_features(
     view_plan: pd.DataFrame,
     image_index: pd.DataFrame,
     raw_images: ImageFolder,
+    ingestion: dict[str, Any],
     feature_store: FeatureStore,
     class_names: list[str],
     backbone: dict[str, Any],
@@ -133,6 +135,7 @@ def compute_features(
             todo,
             feature_store,
             raw_images,
+            IngestionParams(**ingestion),
             backbone_params,
             features_params,
             augmentation_params,

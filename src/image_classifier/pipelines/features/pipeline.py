@@ -14,6 +14,7 @@ def create_pipeline(backbone: str = "params:backbone", **kwargs) -> Pipeline:
                     "view_plan",
                     "image_index",
                     "raw_images",
+                    "params:ingestion",
                     "feature_store",
                     "class_names",
                     backbone,

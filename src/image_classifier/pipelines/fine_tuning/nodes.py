@@ -9,12 +9,18 @@ import keras
 import pandas as pd
 
 from image_classifier.backbones import get_spec, load_pretrained
-from image_classifier.config import AugmentationParams, BackboneParams, FineTuningParams, TrainingParams
+from image_classifier.config import (
+    AugmentationParams,
+    BackboneParams,
+    FineTuningParams,
+    IngestionParams,
+    TrainingParams,
+)
 from image_classifier.datasets import ImageFolder
 from image_classifier.distribution import training_strategy
 from image_classifier.fitting import (
     class_weights,
-    early_stopping,
+    fit_callbacks,
     history_metrics,
     plain_history,
     seed_everything,
@@ -31,6 +37,7 @@ def fine_tune(
     head_model: keras.Model,
     image_index: pd.DataFrame,
     raw_images: ImageFolder,
+    ingestion: dict[str, Any],
     class_names: list[str],
     backbone: dict[str, Any],
     fine_tuning: dict[str, Any],
@@ -44,7 +51,7 @@ def fine_tune(
     ``training`` is the head's recipe: fine-tuning keeps its label smoothing and class weights.
     """
     backbone_params, params = BackboneParams(**backbone), FineTuningParams(**fine_tuning)
-    head_params = TrainingParams(**training)
+    head_params, limits = TrainingParams(**training), IngestionParams(**ingestion)
     spec, size = get_spec(backbone_params.name), backbone_params.input_size
     if not params.enabled:
         logger.info("Fine-tuning disabled: the final model is the backbone with the trained head")
@@ -55,10 +62,16 @@ def fine_tune(
     transforms = tuple(t.model_dump() for t in AugmentationParams(**augmentation).transforms)
     paths, shas, labels = split_arrays(image_index, "train", class_names)
     train = AugmentedImages(
-        ViewLoader(raw_images, size, transforms, seed), paths, shas, labels, params.batch_size, seed, workers
+        ViewLoader(raw_images, limits, size, transforms, seed),
+        paths,
+        shas,
+        labels,
+        params.batch_size,
+        seed,
+        workers,
     )
     validation = AugmentedImages(
-        ViewLoader(raw_images, size),
+        ViewLoader(raw_images, limits, size),
         *split_arrays(image_index, "validation", class_names),
         batch_size=params.batch_size,
         seed=seed,
@@ -87,7 +100,7 @@ def fine_tune(
         validation_data=validation,
         epochs=params.epochs,
         class_weight=class_weights(labels.argmax(axis=1), len(class_names), head_params.class_weight),
-        callbacks=[early_stopping(params.patience)],
+        callbacks=fit_callbacks(params.patience, "fine_tuning.learning_rate"),
         verbose=2,
     )
     val_accuracy = float(model.evaluate(validation, verbose=0, return_dict=True)["accuracy"])

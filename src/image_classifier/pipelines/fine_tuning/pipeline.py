@@ -12,6 +12,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "head_model",
                     "image_index",
                     "raw_images",
+                    "params:ingestion",
                     "class_names",
                     "params:backbone",
                     "params:fine_tuning",

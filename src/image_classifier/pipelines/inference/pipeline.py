@@ -8,7 +8,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 classify_folder,
-                ["inference_model", "inference_images", "params:inference"],
+                ["inference_model", "inference_images", "params:ingestion", "params:inference"],
                 ["predictions", "inference_metrics"],
                 name="classify_folder",
             )

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from image_classifier.config import IngestionParams, SplitParams
 from image_classifier.datasets import ImageFolder, index_digest
 from image_classifier.errors import ProjectError
-from image_classifier.images import UnusableImage, decode_rgb
+from image_classifier.images import UnusableImage, decode_rgb, name_problem, printable
 from image_classifier.tracking import scalar_metrics
 
 logger = logging.getLogger(__name__)
@@ -45,21 +45,6 @@ class _Inspected:
     width: int = 0
     height: int = 0
     reason: str | None = None
-
-
-def _name_problem(relative: str) -> str | None:
-    try:
-        relative.encode("utf-8")
-    except UnicodeEncodeError:
-        return "unreadable name: not valid UTF-8"
-    if any(ord(char) < 32 or ord(char) == 127 for char in relative):
-        return "unreadable name: contains control characters"
-    return None
-
-
-def _printable(relative: str) -> str:
-    """A name that survives JSON and CSV even when the file system's bytes are not UTF-8."""
-    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _layout(files: tuple[str, ...], root: str) -> tuple[bool, list[_Inspected]]:
@@ -103,21 +88,14 @@ def _layout(files: tuple[str, ...], root: str) -> tuple[bool, list[_Inspected]]:
 def _inspect(raw: ImageFolder, relative: str, has_splits: bool, limits: IngestionParams) -> _Inspected:
     parts = PurePosixPath(relative).parts
     item = _Inspected(relative, parts[-2], _SPLIT_ALIASES[parts[0]] if has_splits else None)
-    if problem := _name_problem(relative):
-        return replace(item, path=_printable(relative), label=_printable(item.label), reason=problem)
-    data = raw.read_bytes(relative)
-    item = replace(item, sha256=hashlib.sha256(data).hexdigest())
-    if not data:
-        return replace(item, reason="empty file: zero bytes")
+    if problem := name_problem(relative):
+        return replace(item, path=printable(relative), label=printable(item.label), reason=problem)
     try:
-        image = decode_rgb(data, max_pixels=limits.max_pixels)
+        data = raw.read_bytes(relative, limits.max_file_bytes)
+        item = replace(item, sha256=hashlib.sha256(data).hexdigest())
+        height, width = decode_rgb(data, limits.max_pixels, limits.min_side).shape[:2]
     except UnusableImage as error:
         return replace(item, reason=str(error))
-    height, width = image.shape[:2]
-    if min(height, width) < limits.min_side:
-        return replace(
-            item, reason=f"too small: {width}x{height} px, below ingestion.min_side = {limits.min_side}"
-        )
     return replace(item, width=width, height=height)
 
 
@@ -201,7 +179,7 @@ def index_images(
     good = [i for i in inspected if not i.reason]
     kept, duplicates = _deduplicate(good)
     rejected = [
-        *({"path": _printable(i.path), "reason": i.reason} for i in stray),
+        *({"path": printable(i.path), "reason": i.reason} for i in stray),
         *({"path": i.path, "reason": i.reason} for i in inspected if i.reason),
         *({"path": i.path, "reason": i.reason} for i in duplicates),
     ]

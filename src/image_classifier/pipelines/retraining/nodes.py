@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from image_classifier.config import RetrainingParams
+from image_classifier.config import IngestionParams, RetrainingParams
 from image_classifier.datasets import ImageFolder
 from image_classifier.promotion import trained_on, training_fingerprint
 
@@ -20,26 +20,29 @@ def score_models(
     champion: dict[str, Any],
     image_index: pd.DataFrame,
     raw_images: ImageFolder,
+    ingestion: dict[str, Any],
     batch_size: int,
 ) -> dict[str, float | None]:
     """Test accuracy of both registered models on the current test split, from the encoded
     files, through the same pyfunc path that serves them: the same images for both."""
     test = image_index.loc[image_index["split"] == "test"]
-    files = [raw_images.read_bytes(path) for path in test["path"]]
+    max_bytes = IngestionParams(**ingestion).max_file_bytes
     truth = test["label"].to_numpy()
-    scores = {"challenger": _accuracy(challenger["model"], files, truth, batch_size), "champion": None}
+    batches = [test["path"].iloc[start : start + batch_size] for start in range(0, len(test), batch_size)]
+
+    def accuracy(model: Any) -> float:
+        # Read batch by batch: the whole test split's files at once could be gigabytes.
+        predicted: list[str] = []
+        for paths in batches:
+            files = np.empty(len(paths), dtype=object)
+            files[:] = [raw_images.read_bytes(path, max_bytes) for path in paths]
+            predicted += model.predict(files)["label"].tolist()
+        return float(np.mean(np.asarray(predicted) == truth))
+
+    scores = {"challenger": accuracy(challenger["model"]), "champion": None}
     if champion["model"] is not None:
-        scores["champion"] = _accuracy(champion["model"], files, truth, batch_size)
+        scores["champion"] = accuracy(champion["model"])
     return scores
-
-
-def _accuracy(model: Any, files: list[bytes], truth: np.ndarray, batch_size: int) -> float:
-    predicted: list[str] = []
-    for start in range(0, len(files), batch_size):
-        batch = np.empty(len(files[start : start + batch_size]), dtype=object)
-        batch[:] = files[start : start + batch_size]
-        predicted += model.predict(batch)["label"].tolist()
-    return float(np.mean(np.asarray(predicted) == truth))
 
 
 def decide_promotion(

@@ -9,7 +9,14 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 score_models,
-                ["registered_model", "champion", "image_index", "raw_images", "params:evaluation.batch_size"],
+                [
+                    "registered_model",
+                    "champion",
+                    "image_index",
+                    "raw_images",
+                    "params:ingestion",
+                    "params:evaluation.batch_size",
+                ],
                 "promotion_scores",
                 name="score_models",
             ),

@@ -16,7 +16,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from image_classifier import engines
-from image_classifier.config import BackboneParams, FeaturesParams, SweepParams
+from image_classifier.config import BackboneParams, FeaturesParams, IngestionParams, SweepParams
 from image_classifier.datasets import ImageFolder
 from image_classifier.fitting import history_metrics
 from image_classifier.loading import ViewLoader, iter_batches
@@ -34,6 +34,7 @@ def images_per_second(
     backbone: dict[str, Any],
     image_index: pd.DataFrame,
     raw_images: ImageFolder,
+    ingestion: dict[str, Any],
     features: dict[str, Any],
     sweep: dict[str, Any],
 ) -> float:
@@ -48,7 +49,8 @@ def images_per_second(
     batch_size = features_params.batch_size
     test = image_index.loc[image_index["split"] == "test"].head(count)
     items = list(zip(test["path"], test["sha256"], [0] * len(test), strict=True))
-    batches = list(iter_batches(items, ViewLoader(raw_images, params.input_size), batch_size, 1))
+    loader = ViewLoader(raw_images, IngestionParams(**ingestion), params.input_size)
+    batches = list(iter_batches(items, loader, batch_size, 1))
     forward = engines.backbone_forward(params, features_params)
     forward(batches[0])
     start = time.perf_counter()

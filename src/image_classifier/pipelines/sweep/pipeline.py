@@ -23,7 +23,14 @@ def _backbone_pipeline(backbone: str, per_backbone: Pipeline) -> Pipeline:
             per_backbone,
             node(
                 images_per_second,
-                ["backbone", "image_index", "raw_images", "params:features", "params:sweep"],
+                [
+                    "backbone",
+                    "image_index",
+                    "raw_images",
+                    "params:ingestion",
+                    "params:features",
+                    "params:sweep",
+                ],
                 "images_per_s",
                 name="images_per_second",
             ),

@@ -10,7 +10,7 @@ import keras
 from image_classifier.config import TrainingParams
 from image_classifier.fitting import (
     class_weights,
-    early_stopping,
+    fit_callbacks,
     history_metrics,
     plain_history,
     seed_everything,
@@ -46,7 +46,7 @@ def train_head(
         batch_size=params.batch_size,
         shuffle=True,
         class_weight=class_weights(train_features["labels"], n, params.class_weight),
-        callbacks=[early_stopping(params.patience)],
+        callbacks=fit_callbacks(params.patience, "training.learning_rate"),
         verbose=2,
     )
     scores = {
