@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 import threading
@@ -24,6 +25,60 @@ def test_a_half_written_shard_is_invisible(tmp_path):
     (tmp_path / ".partial-deadbeef.npz").write_bytes(b"PK\x03\x04 truncated")
     reloaded = FeatureStoreDataset(str(tmp_path)).load()
     assert len(reloaded) == 1
+
+
+def test_partial_files_of_dead_writers_are_removed_and_a_live_writers_kept(tmp_path):
+    store = FeatureStoreDataset(str(tmp_path)).load()
+    store.append(["a"], np.ones((1, 2), np.float32))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    abandoned = tmp_path / f".partial-{dead.stdout.strip()}-0f0f.npz"
+    older_format = tmp_path / ".partial-deadbeef.npz"  # from before partial names carried a pid
+    in_flight = tmp_path / f".partial-{os.getpid()}-1e1e.npz"
+    for path in (abandoned, older_format, in_flight):
+        path.write_bytes(b"PK\x03\x04" + bytes(4096))
+    assert len(FeatureStoreDataset(str(tmp_path)).load()) == 1
+    assert not abandoned.exists() and not older_format.exists() and in_flight.exists()
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 64 KiB file system that fills up, where this machine lets us mount one (CI runs as
+    root); elsewhere a file-size limit, which fails the same write with a real EFBIG instead."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)]).returncode == 0:
+        yield mount, None
+        subprocess.run(["umount", str(mount)], check=True)
+    else:
+        print("tmpfs mount not permitted here: using RLIMIT_FSIZE for the failing write")
+        yield mount, 65536
+
+
+_FILL = """
+import resource, signal, sys
+import numpy as np
+from image_classifier.datasets import FeatureStoreDataset
+if sys.argv[2] != "None":
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]),) * 2)
+store = FeatureStoreDataset(sys.argv[1]).load()
+store.append(["small"], np.ones((1, 8), np.float32))
+store.append([f"k{i}" for i in range(64)], np.ones((64, 1280), np.float32))  # 320 KiB
+"""
+
+
+def test_a_full_disk_is_one_clear_error_and_leaves_no_partial_file(full_disk):
+    root, limit = full_disk
+    result = subprocess.run(
+        [sys.executable, "-c", _FILL, str(root / "store"), str(limit)], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "FeatureCacheError: cannot write the feature cache in " + str(root / "store") in result.stderr
+    assert "Free space there" in result.stderr
+    assert sorted(p.name for p in (root / "store").iterdir() if p.name.startswith(".partial")) == []
+    assert len(FeatureStoreDataset(str(root / "store")).load()) == 1  # what was cached survives
 
 
 def test_concurrent_writers_do_not_corrupt_each_other(tmp_path):

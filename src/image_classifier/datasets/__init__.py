@@ -1,5 +1,6 @@
 """Project-specific Kedro datasets: raw image folders, the image index, the feature store, the MLflow model."""
 
+from image_classifier.datasets.arrays import ArraysDataset
 from image_classifier.datasets.feature_store import FeatureStore, FeatureStoreDataset
 from image_classifier.datasets.image_folder import ImageFolder, ImageFolderDataset, RawFolderError
 from image_classifier.datasets.image_index import ImageIndexDataset, index_digest
@@ -13,6 +14,7 @@ from image_classifier.datasets.model_registry import (
 from image_classifier.datasets.nested_run import NestedRunDataset
 
 __all__ = [
+    "ArraysDataset",
     "ChampionDataset",
     "ModelNotFoundError",
     "PromotionDataset",

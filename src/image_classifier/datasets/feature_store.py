@@ -3,7 +3,8 @@
 Each shard is written under a temporary name and renamed into place, so a reader sees a whole
 shard or none of it: a run killed mid-write loses only the batch in flight, and two runs
 writing at once each add their own shards. A key computed twice is stored twice, with the
-same value, which is harmless.
+same value, which is harmless. A write that fails (a full disk) removes its partial file, and
+partial files left by killed processes are removed when the store is next opened.
 """
 
 from __future__ import annotations
@@ -16,11 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from kedro.io import AbstractDataset, DatasetError
+
+from image_classifier.errors import ProjectError
 
 _SHARD_GLOB = "shard-*.npz"
 
 logger = logging.getLogger(__name__)
+
+
+class FeatureCacheError(ProjectError):
+    """The feature cache cannot be written (most often: the disk is full)."""
 
 
 class FeatureStore:
@@ -29,10 +37,22 @@ class FeatureStore:
     def __init__(self, root: Path):
         self.root = root
         self._where: dict[str, tuple[Path, int]] = {}
+        self._remove_abandoned_partials()
         for shard in sorted(root.glob(_SHARD_GLOB)):
             keys = self._readable_keys(shard)
             for row, key in enumerate(keys):
                 self._where.setdefault(key, (shard, row))
+
+    def _remove_abandoned_partials(self) -> None:
+        # A partial file names its writer's pid: one whose writer is gone (killed, or it hit a
+        # full disk before this cleanup existed) is waste; a live writer's is left alone.
+        for partial in self.root.glob(".partial-*"):
+            writer = partial.name.split("-")[1]
+            if writer.isdigit() and psutil.pid_exists(int(writer)):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+                logger.info("Removed %s, left by a feature-cache write that did not finish", partial)
 
     @staticmethod
     def _readable_keys(shard: Path) -> list[str]:
@@ -88,12 +108,20 @@ class FeatureStore:
         self.root.mkdir(parents=True, exist_ok=True)
         name = uuid.uuid4().hex
         final = self.root / f"shard-{name}.npz"
-        partial = self.root / f".partial-{name}.npz"
-        with open(partial, "wb") as handle:
-            np.savez(handle, keys=np.asarray(keys), features=vectors)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, final)
+        partial = self.root / f".partial-{os.getpid()}-{name}.npz"
+        try:
+            with open(partial, "wb") as handle:
+                np.savez(handle, keys=np.asarray(keys), features=vectors)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, final)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            raise FeatureCacheError(
+                f"cannot write the feature cache in {self.root}: {error.strerror or error}. Free "
+                "space there (the vectors already cached are kept), or move feature_store.path in "
+                "conf/<env>/catalog.yml, then run again"
+            ) from None
         for row, key in enumerate(keys):
             self._where.setdefault(key, (final, row))
         return final
