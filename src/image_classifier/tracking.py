@@ -15,7 +15,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 import image_classifier
-from image_classifier.serving import probability_column
+from image_classifier.serving import INPUT_NAME, LIMIT_KEYS, probability_column, serving_limits
 
 REGISTERED_MODEL_NAME = "image_classifier"
 CHAMPION_ALIAS = "champion"
@@ -31,12 +31,14 @@ def scalar_metrics(values: dict[str, float]) -> dict[str, Any]:
 
 
 def model_signature(class_names: list[str]) -> ModelSignature:
-    """Raw uint8 images of any size in; a label and one probability per class out.
+    """Images in (see ``serving.as_batch``); a label and one probability per class out.
 
-    MLflow also lets a 1-D object array through this spec (its "ragged" case): that is how encoded
-    files and differently sized images come in.
+    The input is an object tensor because a uint8 one makes the scoring server cast JSON numbers
+    to uint8 before the model sees them (0.5 becomes 0, silently), and because base64 strings of
+    files must fit the same input; MLflow lets any array through a (-1,) object spec, and the
+    model checks what it gets.
     """
-    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))])
+    inputs = Schema([TensorSpec(np.dtype(object), (-1,), INPUT_NAME)])
     outputs = Schema(
         [ColSpec("string", "label")] + [ColSpec("double", probability_column(c)) for c in class_names]
     )
@@ -56,8 +58,18 @@ def log_classifier(
     input_size: int,
     name: str = "model",
     registered_model_name: str | None = REGISTERED_MODEL_NAME,
+    limits: dict[str, int] | None = None,
 ) -> mlflow.models.model.ModelInfo:
-    """Log ``model`` in the active run as a pyfunc (and register it when a name is given)."""
+    """Log ``model`` in the active run as a pyfunc (and register it when a name is given).
+
+    ``limits`` (``max_pixels``, ``min_side``, ``max_file_bytes``: ingestion's) are the guards the
+    served model applies to every request; missing ones are ingestion's defaults.
+    """
+    model_config = {
+        "class_names": list(class_names),
+        "input_size": int(input_size),
+        "limits": serving_limits(limits).model_dump(include=set(LIMIT_KEYS)),
+    }
     package = Path(image_classifier.__file__).parent
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
         # An input example would be the natural fix, but logging one fails for this model
@@ -70,7 +82,7 @@ def log_classifier(
             # Models from code: MLflow runs this file at load time instead of unpickling.
             python_model=str(package / "pyfunc_model.py"),
             artifacts={"keras_model": str(keras_path)},
-            model_config={"class_names": list(class_names), "input_size": int(input_size)},
+            model_config=model_config,
             code_paths=[str(package)],
             signature=model_signature(class_names),
             pip_requirements=[_pinned(p) for p in _SERVING_PACKAGES],

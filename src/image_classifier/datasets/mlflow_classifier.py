@@ -13,9 +13,11 @@ from image_classifier import tracking
 
 
 class MlflowClassifierDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
-    """Saves ``{"model": keras.Model, "class_names": [...], "input_size": int}`` as a registered
-    pyfunc model, and records its version and URI in ``filepath``. Loading reads that record and
-    gives ``{"version", "model_uri", "model"}``, the model reloaded as MLflow serves it.
+    """Saves ``{"model": keras.Model, "class_names": [...], "input_size": int}``, and optionally
+    ``"limits"`` (ingestion's ``max_pixels``, ``min_side``, ``max_file_bytes``, which the served
+    model applies to every request), as a registered pyfunc model, and records its version and URI
+    in ``filepath``. Loading reads that record and gives ``{"version", "model_uri", "model"}``, the
+    model reloaded as MLflow serves it.
 
     When no run is active (tracking disabled for the pipeline), it logs nothing and records
     nothing (and drops an earlier run's record): the model is still on disk through the catalog's Keras dataset.
@@ -39,7 +41,12 @@ class MlflowClassifierDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
             self._path.unlink(missing_ok=True)
             return
         logged = tracking.log_classifier(
-            data["model"], data["class_names"], data["input_size"], self._name, self._registered_model_name
+            data["model"],
+            data["class_names"],
+            data["input_size"],
+            self._name,
+            self._registered_model_name,
+            limits=data.get("limits"),
         )
         record = {
             "run_id": mlflow.active_run().info.run_id,
