@@ -60,7 +60,8 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
-# One unattended retraining (see README, "Retraining"): exit 0 done, 1 failed, 75 already running.
+# One retraining, interactively (see README, "Scheduled retraining"). The entry point exits 0 done,
+# 1 failed, 75 already running, but make reports 2 for any failure: schedulers run the entry point.
 retrain: setup
 	$(BIN)/image-classifier-retrain
 

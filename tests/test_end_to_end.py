@@ -1,5 +1,10 @@
 """``__default__`` in a real Kedro session, with a real sqlite MLflow store, on real photos."""
 
+import os
+import signal
+import subprocess
+import sys
+
 import keras
 import mlflow
 import numpy as np
@@ -7,6 +12,8 @@ import pytest
 from PIL import Image
 
 from conftest import latest_run, run_session, scratch_project, tracked
+from image_classifier.errors import find_project_error
+from image_classifier.promotion import StaleModelError
 
 # The default pipeline in real Kedro sessions.
 pytestmark = pytest.mark.slow
@@ -34,8 +41,8 @@ def tracking(project):
         yield client
 
 
-def _run(project, **extra):
-    run_session(project, **{**RUN_PARAMS, **extra})
+def _run(project, pipeline="__default__", **extra):
+    run_session(project, pipeline, **{**RUN_PARAMS, **extra})
 
 
 def test_default_pipeline_tracks_everything_and_registers_the_model(project, tracking):
@@ -93,3 +100,32 @@ def test_second_run_reuses_every_feature(project, tracking):
     assert metrics["features.computed"] == 0
     assert metrics["features.reused"] == 96
     assert "finetune.test_accuracy" not in metrics and "test_macro_f1" in metrics
+
+
+def test_a_model_left_by_a_killed_run_is_neither_scored_nor_registered(project, tracking):
+    """kill -9 during fine-tuning leaves the previous run's classifier.keras beside this run's
+    image index and parameters; evaluation used to register that stale file as a new version."""
+    changed = {**RUN_PARAMS, "training.epochs": 21}
+    dotted = ",".join(f"{key}={value}" for key, value in changed.items())
+    run = subprocess.Popen(
+        [sys.executable, "-m", "image_classifier", "--params", dotted],
+        cwd=project,
+        env={**os.environ, "COLUMNS": "300"},  # rich would wrap the log line watched for below
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = []
+    for line in run.stdout:
+        output.append(line)
+        if "Fine-tuning 4 backbone layers" in line:
+            run.kill()  # SIGKILL: no hook, no handler, nothing is saved
+            break
+    assert run.wait() == -signal.SIGKILL, "".join(output[-40:])
+    versions_before = len(tracking.search_model_versions("name='image_classifier'"))
+    with pytest.raises(Exception) as refused:
+        _run(project, **{"training.epochs": 21}, pipeline="evaluation")
+    problem = find_project_error(refused.value)
+    assert isinstance(problem, StaleModelError), refused.value
+    assert "trained with other parameters" in str(problem) and "--from-nodes fine_tune" in str(problem)
+    assert len(tracking.search_model_versions("name='image_classifier'")) == versions_before

@@ -1,6 +1,7 @@
 """Project CLI: Kedro's own ``kedro run``, except that a mistake in the user's data or parameters
-is printed as its message alone, without the stack trace that would bury it; and ``kedro backbones``,
-which lists the networks ``backbone.name`` may choose and where their weights come from."""
+is printed as its message alone, without the stack trace that would bury it (exit code 1, or 75
+when another run holds the project's lock); and ``kedro backbones``, which lists the networks
+``backbone.name`` may choose and where their weights come from."""
 
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ def run(ctx: click.Context, **kwargs: Any) -> Any:
         problem = find_project_error(error)
         if problem is None:
             raise
-        raise click.ClickException(str(problem)) from None
+        exception = click.ClickException(str(problem))
+        exception.exit_code = problem.exit_code  # 75 for "another run holds the lock"
+        raise exception from None
 
 
 @cli.command(name="backbones")

@@ -1,5 +1,6 @@
-"""Project hooks: parameters, backbone weights, feature engine and tracking server checked before any
-work; wall time per stage (console and MLflow)."""
+"""Project hooks: parameters, backbone weights, feature engine, tracking server and sqlite store
+checked before any work; one writing run at a time per project, and runs left RUNNING by killed
+processes closed; wall time per stage (console and MLflow)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 import socket
 import time
 from collections import defaultdict
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -15,6 +18,7 @@ from kedro.framework.hooks import hook_impl
 from kedro.framework.project import pipelines
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
+from mlflow.tracking import MlflowClient
 
 from image_classifier import engines
 from image_classifier.backbones import check_weights_available
@@ -26,6 +30,8 @@ from image_classifier.config import (
     validate_parameters,
 )
 from image_classifier.errors import ProjectError
+from image_classifier.promotion import params_digest
+from image_classifier.runs import check_sqlite_store, mark_ghost_runs_quietly, process_tags, run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +119,71 @@ class TrackingServerHook:
             ) from None
 
 
+class SqliteStoreHook:
+    """Stop with one line naming the file when the sqlite MLflow store is corrupt: MLflow's own
+    failure is a traceback of hundreds of lines that never says which file is at fault."""
+
+    @hook_impl(tryfirst=True)  # before kedro-mlflow's own set-up opens the store
+    def after_context_created(self, context: Any) -> None:
+        check_sqlite_store(str(context.config_loader["mlflow"]["server"]["mlflow_tracking_uri"]))
+
+
+class RunLockHook:
+    """One run that writes the project's data at a time: a second one is refused at once (exit
+    code 75) rather than reading the first one's half-written files. Runs made only of
+    ``inference`` nodes write no shared data and are never blocked. The run holding the lock also
+    closes the MLflow runs that killed processes left RUNNING."""
+
+    def __init__(self) -> None:
+        self._project: Path | None = None
+        self._experiment: str | None = None
+        self._hold = ExitStack()
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._project = Path(context.project_path)
+        self._experiment = context.config_loader["mlflow"]["tracking"]["experiment"]["name"]
+
+    # tryfirst, as ValidateParametersHook: the refusal and the clean-up come before kedro-mlflow
+    # opens the new run. Registered before it in settings.HOOKS, so it runs after the validation:
+    # a rejected parameter never leaves the lock held in a notebook's process.
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline) -> None:
+        self._hold.close()  # a hold left by a run that failed before it started
+        if self._project is None or not _writes_data(pipeline):
+            return
+        names = "+".join(run_params.get("pipeline_names") or ["__default__"])
+        self._hold.enter_context(run_lock(self._project, f"kedro run --pipelines {names}"))
+        if self._experiment:
+            # kedro-mlflow has set the tracking URI in after_context_created.
+            mark_ghost_runs_quietly(MlflowClient(mlflow.get_tracking_uri()), self._experiment)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._hold.close()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._hold.close()
+
+
+def _writes_data(pipeline: Pipeline) -> bool:
+    """Whether any node is outside the registered ``inference`` pipeline, the one read-only stage."""
+    inference = pipelines.get("inference")
+    read_only = {n.name for n in inference.nodes} if inference is not None else set()
+    return any(n.name not in read_only for n in pipeline.nodes)
+
+
+class RunProcessTagsHook:
+    """Tag each tracked run with the pid, host and start time of its process (``run.pid``,
+    ``run.host``, ``run.started``): what tells a later run that this one's process has died."""
+
+    @hook_impl(trylast=True)  # after kedro-mlflow's before_pipeline_run has opened the run
+    def before_pipeline_run(self) -> None:
+        if mlflow.active_run() is not None:
+            mlflow.set_tags(process_tags())
+
+
 class StageTimerHook:
     """Prints each stage's wall time when a run ends, and logs it to MLflow as
     ``time.<stage>_s``. A node's stage is the tag it shares with a registered pipeline's name
@@ -151,3 +222,13 @@ class StageTimerHook:
         lines = [f"  {stage:<13} {seconds:8.1f} s" for stage, seconds in self._seconds.items()]
         lines.append(f"  {'total':<13} {sum(self._seconds.values()):8.1f} s")
         logger.info("Stage wall times:\n%s", "\n".join(lines))
+
+
+class ParamsDigestHook:
+    """Puts ``params_digest`` (see ``promotion.params_digest``) in the catalog: the nodes that
+    stamp a model with its fingerprint, and those that check one, read it from there rather
+    than taking every parameter as an input, which kedro-mlflow would log a second time."""
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any, parameters: dict[str, Any]) -> None:
+        catalog["params_digest"] = params_digest(parameters["parameters"])

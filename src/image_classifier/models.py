@@ -6,6 +6,7 @@ normalisation are layers, so a logged model needs no preprocessing code beside i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,22 @@ import numpy as np
 
 from image_classifier.backbones import BackboneSpec
 from image_classifier.backbones.registry import weighted_layers
+
+# Where a model keeps the fingerprint of its inputs while in memory; the catalog's
+# StampedModelDataset writes it into the .keras file and reads it back.
+_STAMP = "image_classifier_fingerprint"
+
+
+def stamp(model: keras.Model, fingerprint: dict[str, str]) -> keras.Model:
+    """Record the data and parameters that produced ``model`` (see ``promotion.fingerprint``)."""
+    # A JSON string, because Keras wraps dict attributes of a model in its own tracked types.
+    setattr(model, _STAMP, json.dumps(fingerprint, sort_keys=True))
+    return model
+
+
+def stamp_of(model: keras.Model) -> dict[str, str] | None:
+    text = getattr(model, _STAMP, None)
+    return json.loads(text) if text else None
 
 
 def _raw_images() -> Any:

@@ -12,14 +12,43 @@ import pandas as pd
 
 from image_classifier.config import Parameters, model_settings
 from image_classifier.datasets import index_digest
+from image_classifier.errors import ProjectError
+from image_classifier.models import stamp_of
+
+
+class StaleModelError(ProjectError):
+    """A model file left by an earlier run does not match this run's data or parameters."""
+
+
+def params_digest(parameters: dict[str, Any]) -> str:
+    """A digest of the parameters that change the model: thread counts, cache folders and
+    scoring batch sizes leave it as it is."""
+    relevant = model_settings(Parameters.model_validate(parameters))
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def training_fingerprint(index: pd.DataFrame, parameters: dict[str, Any]) -> dict[str, str]:
-    """The data (``dataset_digest``) and the parameters that change the model (``params_digest``):
-    thread counts, cache folders and scoring batch sizes leave it as it is."""
-    relevant = model_settings(Parameters.model_validate(parameters))
-    params = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
-    return {"dataset_digest": index_digest(index), "params_digest": params}
+    """The data (``dataset_digest``) and the parameters that change the model (``params_digest``)."""
+    return fingerprint(index, params_digest(parameters))
+
+
+def fingerprint(index: pd.DataFrame, digest_of_params: str) -> dict[str, str]:
+    return {"dataset_digest": index_digest(index), "params_digest": digest_of_params}
+
+
+def require_current(model: Any, current: dict[str, str], name: str, rerun: str) -> None:
+    """Refuse a model whose stamp (see ``models.stamp``) is not this run's fingerprint: after a
+    killed run, the file on disk is an older run's model, and must not be scored or registered."""
+    stamped = stamp_of(model)
+    if stamped == current:
+        return
+    if stamped is None:
+        why = "it carries no fingerprint of the data and parameters that made it"
+    elif stamped.get("dataset_digest") != current["dataset_digest"]:
+        why = "it was trained on other images (a different dataset_digest)"
+    else:
+        why = "it was trained with other parameters (a different params_digest)"
+    raise StaleModelError(f"{name} is left over from an earlier run: {why}. Re-run from {rerun}")
 
 
 def trained_on(run_tags: dict[str, str], fingerprint: dict[str, str]) -> bool:

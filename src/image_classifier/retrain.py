@@ -2,26 +2,24 @@
 ``image-classifier-retrain [--env ENV] [--params "a.b=1,c=2"]`` from the project root.
 
 - It holds ``retraining.lock_file`` (an OS lock, released even if the process is killed), so a
-  second invocation while one runs exits at once with code 75.
+  second invocation while one runs exits at once with code 75; and the project's run lock
+  (``data/.run.lock``, see ``runs.py``), so it also exits with 75 while a ``kedro run`` that writes
+  data runs, and such a ``kedro run`` is refused while it retrains.
 - It is idempotent: it ingests first (seconds, untracked, in a child ``kedro run --pipelines
   retraining_check``: kedro-mlflow keeps per-process state that would otherwise re-open the last
   tracked run for an untracked pipeline) and, when an earlier retraining had
   exactly this data and these training parameters, records a skipped run in MLflow and stops,
   with no backbone work. Otherwise it runs the ``retraining`` pipeline, whose last step promotes
   the challenger only if it beats the champion.
-- Exit codes: 0 done (promoted, kept or skipped), 1 failed, 75 another retraining holds the lock.
+- Exit codes: 0 done (promoted, kept or skipped), 1 failed, 75 another retraining or run holds a lock.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,36 +30,23 @@ from omegaconf import OmegaConf
 
 from image_classifier.config import validate_parameters
 from image_classifier.datasets.model_registry import champion
-from image_classifier.errors import ProjectError, find_project_error
+from image_classifier.errors import ProjectError, RunInProgress, find_project_error
 from image_classifier.promotion import training_fingerprint
+from image_classifier.runs import (
+    describe_holder,
+    exclusive_lock,
+    inheritable_run_lock,
+    process_tags,
+    run_lock,
+)
 from image_classifier.tracking import CHAMPION_ALIAS, REGISTERED_MODEL_NAME
 
-EXIT_OK, EXIT_FAILED, EXIT_LOCKED = 0, 1, 75
+EXIT_OK, EXIT_FAILED, EXIT_LOCKED = 0, 1, RunInProgress.exit_code
 logger = logging.getLogger("image_classifier.retrain")
 
 
 class RetrainError(ProjectError):
     """A step of the retraining job failed; the message carries what it printed."""
-
-
-@contextmanager
-def exclusive_lock(path: Path) -> Iterator[bool]:
-    """Yield whether this process got the lock; the file records the holder's pid."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _runtime_params(dotted: str | None) -> dict[str, Any]:
@@ -78,23 +63,27 @@ def retrain(project: Path, env: str | None = None, params: dict[str, Any] | None
 
     with session() as first:
         lock = project / validate_parameters(first.load_context().params).retraining.lock_file
-    with exclusive_lock(lock) as acquired:
+    with exclusive_lock(lock, "image-classifier-retrain") as acquired:
         if not acquired:
-            holder = lock.read_text().strip() or "?"
-            print(f"retraining is already running (pid {holder} holds {lock}); exiting", file=sys.stderr)
+            holder = describe_holder(lock)
+            print(f"retraining is already running ({holder} holds {lock}); exiting", file=sys.stderr)
             return EXIT_LOCKED
-        _ingest_untracked(project, env, params or {})
-        with session() as check:
-            context = check.load_context()
-            fingerprint = training_fingerprint(context.catalog.load("image_index"), context.params)
-            experiment = context.config_loader["mlflow"]["tracking"]["experiment"]["name"]
-        current = champion(REGISTERED_MODEL_NAME, CHAMPION_ALIAS)
-        earlier = _retrained_on(experiment, fingerprint)
-        if current["version"] is not None and earlier is not None:
-            _record_skip(current["version"], earlier, fingerprint)
-            return EXIT_OK
-        with session() as full:
-            full.run(pipeline_names=["retraining"])
+        # The project's run lock, held from the ingestion to the end: a `kedro run` started
+        # meanwhile is refused (75) instead of rewriting the image index this job reads. The
+        # child ingestion inherits it; the sessions below run under it (run_lock is re-entrant).
+        with run_lock(project, "image-classifier-retrain"):
+            _ingest_untracked(project, env, params or {})
+            with session() as check:
+                context = check.load_context()
+                fingerprint = training_fingerprint(context.catalog.load("image_index"), context.params)
+                experiment = context.config_loader["mlflow"]["tracking"]["experiment"]["name"]
+            current = champion(REGISTERED_MODEL_NAME, CHAMPION_ALIAS)
+            earlier = _retrained_on(experiment, fingerprint)
+            if current["version"] is not None and earlier is not None:
+                _record_skip(current["version"], earlier, fingerprint)
+                return EXIT_OK
+            with session() as full:
+                full.run(pipeline_names=["retraining"])
     return EXIT_OK
 
 
@@ -104,8 +93,9 @@ def _ingest_untracked(project: Path, env: str | None, params: dict[str, Any]) ->
     command += ["--env", env] if env else []
     dotted = _dotlist(params)
     command += ["--params", ",".join(dotted)] if dotted else []
+    env_with_lock, lock_fds = inheritable_run_lock(project)
     # Its output (progress, the ingestion summary, a data error) goes straight to the user.
-    result = subprocess.run(command, cwd=project, check=False)
+    result = subprocess.run(command, cwd=project, env=env_with_lock, pass_fds=lock_fds, check=False)
     if result.returncode != 0:
         raise RetrainError(f"ingestion failed (exit {result.returncode}); its message is above")
 
@@ -147,6 +137,7 @@ def _record_skip(version: str, earlier: mlflow.entities.Run, fingerprint: dict[s
                 "promotion.reason": reason,
                 "promotion.champion_version": version,
                 **{f"promotion.{key}": value for key, value in fingerprint.items()},
+                **process_tags(),
             }
         )
         mlflow.log_metrics({"features.computed": 0, "features.reused": 0})
@@ -165,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         if problem is None:
             raise
         print(f"Error: {problem}", file=sys.stderr)
-        return EXIT_FAILED
+        return problem.exit_code  # EXIT_FAILED, or EXIT_LOCKED when a run holds the project
 
 
 if __name__ == "__main__":

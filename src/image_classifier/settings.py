@@ -2,10 +2,26 @@
 
 from omegaconf.resolvers import oc
 
-from image_classifier.hooks import StageTimerHook, TrackingServerHook, ValidateParametersHook
+from image_classifier.hooks import (
+    ParamsDigestHook,
+    RunLockHook,
+    RunProcessTagsHook,
+    SqliteStoreHook,
+    StageTimerHook,
+    TrackingServerHook,
+    ValidateParametersHook,
+)
 
-# Hooks run last-in-first-out.
-HOOKS = (TrackingServerHook(), ValidateParametersHook(), StageTimerHook())
+# Hooks run last-in-first-out (among those of equal priority): RunLockHook after the validation.
+HOOKS = (
+    TrackingServerHook(),
+    SqliteStoreHook(),
+    RunLockHook(),
+    ValidateParametersHook(),
+    StageTimerHook(),
+    ParamsDigestHook(),
+    RunProcessTagsHook(),
+)
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

@@ -28,7 +28,7 @@ def _run(inputs, enabled):
     # A higher rate than the default, so that a few steps from an untrained head beat chance.
     tuning = {"enabled": enabled, "epochs": 2, "unfreeze_layers": 5, "learning_rate": 1e-3, "batch_size": 8}
     training = {"label_smoothing": 0.1, "class_weight": "balanced"}
-    return fine_tune(head, index, raw, {}, names, backbone, tuning, training, AUGMENTATION, 2, 0)
+    return fine_tune(head, index, raw, {}, names, backbone, tuning, training, AUGMENTATION, 2, 0, "digest")
 
 
 def test_disabled_returns_the_untrained_raw_image_model(inputs):

@@ -27,7 +27,8 @@ from conftest import (
     wait_until_up,
     write_photo,
 )
-from image_classifier.retrain import EXIT_LOCKED, exclusive_lock, retrain
+from image_classifier.retrain import EXIT_LOCKED, retrain
+from image_classifier.runs import exclusive_lock
 
 # Real retrainings in Kedro sessions, and a served model.
 pytestmark = pytest.mark.slow
@@ -148,6 +149,47 @@ def test_inference_classifies_a_folder_and_lists_unreadable_files(history, tmp_p
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     bad = table.set_index("file").loc["notes.txt"]
     assert bad["label"] == "" and "not an image" in bad["error"]
+
+
+def test_inference_survives_bombs_empty_files_and_undecodable_names_in_bounded_memory(history, tmp_path):
+    """The issue's probe: 8 copies of a 12000² PNG (420 KB each, 432 MB decoded), a 0-byte file,
+    a non-UTF-8 name and 5 good photos; one row per file, exit 0, peak memory well under 2 GB."""
+    project, folder = history["project"], tmp_path / "hostile"
+    folder.mkdir()
+    Image.new("RGB", (12000, 12000), (200, 30, 30)).save(folder / "bomb0.png")
+    for i in range(1, 8):
+        shutil.copy(folder / "bomb0.png", folder / f"bomb{i}.png")
+    (folder / "empty.jpg").write_bytes(b"")
+    good = sorted((demo_dataset() / "test" / "dress").iterdir())[:6]
+    for photo in good[:5]:
+        shutil.copy(photo, folder / photo.name)
+    with open(os.path.join(bytes(folder), b"r\xe9sum\xe9.jpg"), "wb") as file:  # Latin-1 bytes
+        file.write(good[5].read_bytes())
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "image_classifier",
+            "--pipelines",
+            "inference",
+            "--params",
+            f"inference_dir={folder}",
+        ],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    stderr = process.stderr.read().decode(errors="replace")
+    _, status, usage = os.wait4(process.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, stderr[-3000:]
+    assert usage.ru_maxrss * 1024 < 2 * 1024**3  # ru_maxrss is in KiB on Linux
+    table = pd.read_csv(project / "data/07_model_output/predictions.csv", keep_default_na=False)
+    assert len(table) == 8 + 1 + 5 + 1
+    errors = table.set_index("file")["error"]
+    assert all(errors[f"bomb{i}.png"].startswith("too large: 12000x12000") for i in range(8))
+    assert errors["empty.jpg"] == "empty file: zero bytes"
+    assert errors["r\\xe9sum\\xe9.jpg"] == "unreadable name: not valid UTF-8"
+    assert (errors[[p.name for p in good[:5]]] == "").all()
 
 
 def test_mlflow_models_serve_answers_for_the_champion(history):

@@ -4,6 +4,7 @@ from image_classifier.datasets.arrays import ArraysDataset
 from image_classifier.datasets.feature_store import FeatureStore, FeatureStoreDataset
 from image_classifier.datasets.image_folder import ImageFolder, ImageFolderDataset, RawFolderError
 from image_classifier.datasets.image_index import ImageIndexDataset, index_digest
+from image_classifier.datasets.keras_model import StampedModelDataset
 from image_classifier.datasets.mlflow_classifier import MlflowClassifierDataset
 from image_classifier.datasets.model_registry import (
     ChampionDataset,
@@ -27,5 +28,6 @@ __all__ = [
     "MlflowClassifierDataset",
     "NestedRunDataset",
     "RawFolderError",
+    "StampedModelDataset",
     "index_digest",
 ]

@@ -17,6 +17,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from image_classifier.config import BackboneParams, EvaluationParams, IngestionParams
 from image_classifier.datasets import ImageFolder
 from image_classifier.loading import ViewLoader, iter_batches
+from image_classifier.promotion import fingerprint, require_current
 from image_classifier.tracking import scalar_metrics
 
 logger = logging.getLogger(__name__)
@@ -31,8 +32,10 @@ def predict_test(
     backbone: dict[str, Any],
     evaluation: dict[str, Any],
     workers: int,
+    params_digest: str,
 ) -> pd.DataFrame:
     """Test-split predictions of the final model: path, true label, predicted label, confidence."""
+    _require_current(classifier_model, image_index, params_digest)
     size = BackboneParams(**backbone).input_size
     batch_size = EvaluationParams(**evaluation).batch_size
     test = image_index.loc[image_index["split"] == "test"]
@@ -166,12 +169,15 @@ def plot_training_curves(
 
 def model_for_registry(
     classifier_model: keras.Model,
+    image_index: pd.DataFrame,
     class_names: list[str],
     backbone: dict[str, Any],
     ingestion: dict[str, Any],
+    params_digest: str,
 ) -> dict[str, Any]:
     """What the registered pyfunc needs: the model, its class order, its input size, and the
     guards it applies to the files it is sent (the ones ingestion applied to the training set)."""
+    _require_current(classifier_model, image_index, params_digest)
     return {
         "model": classifier_model,
         "class_names": class_names,
@@ -180,3 +186,13 @@ def model_for_registry(
             include={"max_pixels", "min_side", "max_file_bytes"}
         ),
     }
+
+
+def _require_current(model: keras.Model, image_index: pd.DataFrame, params_digest: str) -> None:
+    # Checked by each node that reads the model: Kedro may run registration before scoring.
+    require_current(
+        model,
+        fingerprint(image_index, params_digest),
+        "classifier_model (data/06_models/classifier.keras)",
+        "fine-tuning: kedro run --from-nodes fine_tune",
+    )

@@ -25,6 +25,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:backbone",
                     "params:evaluation",
                     "params:loading.workers",
+                    "params_digest",
                 ],
                 "test_predictions",
                 name="predict_test",
@@ -56,7 +57,14 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 model_for_registry,
-                ["classifier_model", "class_names", "params:backbone", "params:ingestion"],
+                [
+                    "classifier_model",
+                    "image_index",
+                    "class_names",
+                    "params:backbone",
+                    "params:ingestion",
+                    "params_digest",
+                ],
                 "registered_model",
                 name="register_model",
             ),

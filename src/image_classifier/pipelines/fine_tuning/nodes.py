@@ -27,7 +27,14 @@ from image_classifier.fitting import (
     split_arrays,
 )
 from image_classifier.loading import AugmentedImages, ViewLoader
-from image_classifier.models import compile_classifier, feature_extractor, full_classifier, unfreeze_top
+from image_classifier.models import (
+    compile_classifier,
+    feature_extractor,
+    full_classifier,
+    stamp,
+    unfreeze_top,
+)
+from image_classifier.promotion import fingerprint
 from image_classifier.tracking import scalar_metrics
 
 logger = logging.getLogger(__name__)
@@ -45,10 +52,13 @@ def fine_tune(
     augmentation: dict[str, Any],
     workers: int,
     seed: int,
+    params_digest: str,
 ) -> tuple[keras.Model, dict[str, Any], dict[str, list[float]]]:
     """Return the full raw-image classifier, fine-tuned unless ``fine_tuning.enabled`` is false.
 
     ``training`` is the head's recipe: fine-tuning keeps its label smoothing and class weights.
+    The model is stamped with the fingerprint of this run's data and parameters, which
+    evaluation checks before it scores or registers the file.
     """
     backbone_params, params = BackboneParams(**backbone), FineTuningParams(**fine_tuning)
     head_params, limits = TrainingParams(**training), IngestionParams(**ingestion)
@@ -56,7 +66,8 @@ def fine_tune(
     if not params.enabled:
         logger.info("Fine-tuning disabled: the final model is the backbone with the trained head")
         trunk = load_pretrained(spec.name, size, backbone_params.cache_dir, backbone_params.weights)
-        return full_classifier(feature_extractor(trunk, spec, size), head_model), {}, {}
+        model = full_classifier(feature_extractor(trunk, spec, size), head_model)
+        return stamp(model, fingerprint(image_index, params_digest)), {}, {}
 
     seed_everything(seed)
     transforms = tuple(t.model_dump() for t in AugmentationParams(**augmentation).transforms)
@@ -109,4 +120,4 @@ def fine_tune(
         **history_metrics(fit.history, "finetune"),
         **scalar_metrics({"finetune.val_accuracy": val_accuracy}),
     }
-    return model, metrics, plain_history(fit)
+    return stamp(model, fingerprint(image_index, params_digest)), metrics, plain_history(fit)

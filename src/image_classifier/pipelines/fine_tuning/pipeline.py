@@ -20,6 +20,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:augmentation",
                     "params:loading.workers",
                     "params:seed",
+                    "params_digest",
                 ],
                 ["classifier_model", "finetune_metrics", "finetune_history"],
                 name="fine_tune",

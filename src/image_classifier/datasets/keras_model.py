@@ -1,0 +1,55 @@
+"""A ``.keras`` model file that carries the fingerprint of the data and parameters behind it."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import keras
+from kedro.io import AbstractDataset
+
+from image_classifier.models import stamp, stamp_of
+
+# An extra member of the .keras zip: Keras reads only the members it wrote and ignores it.
+_MEMBER = "image_classifier_fingerprint.json"
+
+
+class StampedModelDataset(AbstractDataset[keras.Model, keras.Model]):
+    """Saves a Keras model with its stamp (``models.stamp``) inside the file, atomically: the
+    model is written aside and renamed, so a run killed while saving leaves the previous file,
+    whole and with its own, older stamp. Loading restores the stamp on the model."""
+
+    def __init__(
+        self, filepath: str, load_args: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None
+    ):
+        self._path = Path(filepath)
+        self._load_args = load_args or {}
+        self.metadata = metadata
+
+    def save(self, data: keras.Model) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self._path.with_name(f".partial-{os.getpid()}-{self._path.name}")  # Keras wants .keras
+        try:
+            data.save(partial)
+            if (fingerprint := stamp_of(data)) is not None:
+                with zipfile.ZipFile(partial, "a") as archive:
+                    archive.writestr(_MEMBER, json.dumps(fingerprint, sort_keys=True))
+            os.replace(partial, self._path)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def load(self) -> keras.Model:
+        model = keras.models.load_model(self._path, **self._load_args)
+        with zipfile.ZipFile(self._path) as archive:
+            if _MEMBER in archive.namelist():
+                stamp(model, json.loads(archive.read(_MEMBER)))
+        return model
+
+    def _exists(self) -> bool:
+        return self._path.exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._path), "load_args": self._load_args}
