@@ -136,15 +136,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until_up(url: str, process: subprocess.Popen, timeout: float) -> None:
-    """Poll ``url`` until it answers; fail with the server's stderr if it dies or times out."""
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
+    """Poll ``url`` until it answers; fail with the server's output (its stderr pipe, or ``log``
+    where it writes to a file) if it dies or times out."""
     deadline = time.time() + timeout
     while True:
         try:
             urllib.request.urlopen(url, timeout=2)
             return
         except OSError:
-            assert process.poll() is None and time.time() < deadline, process.stderr.read()[-3000:]
+            if process.poll() is not None or time.time() >= deadline:
+                output = log.read_text(errors="replace") if log else process.stderr.read()
+                raise AssertionError(f"{url} did not come up:\n{output[-3000:]}") from None
             time.sleep(1)
 
 

@@ -20,7 +20,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from conftest import PROJECT_ROOT, encode, free_port, png_claiming, write_photo
+from conftest import PROJECT_ROOT, encode, free_port, png_claiming, wait_until_up, write_photo
 from image_classifier.config import IngestionParams
 from image_classifier.datasets import MlflowClassifierDataset
 from image_classifier.models import scratch_convnet
@@ -244,23 +244,11 @@ def served(logged, tmp_path_factory):
     with log.open("wb") as sink:
         process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        _wait_until_up(f"http://127.0.0.1:{port}/ping", process, log)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", process, 240, log)
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         process.wait(timeout=30)
-
-
-def _wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            alive = process.poll() is None and time.monotonic() < deadline
-            assert alive, log.read_text(errors="replace")[-3000:]
-            time.sleep(1)
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
