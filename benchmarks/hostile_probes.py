@@ -1,5 +1,5 @@
 """Hostile inputs of issue 13 that need no trained model, each in a fresh child process; prints
-one line per probe: what happened and the child's peak memory.
+one line per probe: what happened and the child's peak memory (VmHWM).
 
     .venv/bin/python benchmarks/hostile_probes.py                 # this checkout
     PYTHONPATH=<old checkout>/src .venv/bin/python benchmarks/hostile_probes.py   # an older one
@@ -18,8 +18,10 @@ from pathlib import Path
 
 # Three classes × three splits of small real PNGs, then the probe's own hostile files.
 _SETUP = """
-import atexit, os, resource, sys, numpy as np
-atexit.register(lambda: print(f"PEAK {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB", file=sys.stderr))
+import atexit, os, sys, numpy as np
+# VmHWM: this process's own peak; ru_maxrss would also count the parent's, carried over the exec.
+hwm = lambda: next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+atexit.register(lambda: print(f"PEAK {hwm() // 1024} MiB", file=sys.stderr))
 from pathlib import Path
 from PIL import Image
 root = Path(sys.argv[1])
