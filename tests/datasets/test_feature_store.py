@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -6,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from image_classifier.datasets import FeatureStoreDataset, feature_store
+from image_classifier.datasets import FeatureStoreDataset
 
 
 def test_appended_vectors_survive_a_reload(tmp_path):
@@ -116,20 +117,24 @@ def test_a_truncated_shard_is_set_aside_and_its_keys_recomputed(tmp_path):
     np.testing.assert_array_equal(FeatureStoreDataset(str(tmp_path)).load().get_many(["b"]), np.zeros((1, 8)))
 
 
-def test_a_crash_between_write_and_rename_leaves_no_entry(tmp_path, monkeypatch):
-    store = FeatureStoreDataset(str(tmp_path)).load()
-    store.append(["a"], np.ones((1, 2), np.float32))
+_KILLED_BEFORE_RENAME = """
+import os, signal, sys
+import numpy as np
+from image_classifier.datasets import FeatureStoreDataset
+store = FeatureStoreDataset(sys.argv[1]).load()
+store.append(["a"], np.ones((1, 2), np.float32))
+os.replace = lambda source, target: os.kill(os.getpid(), signal.SIGKILL)  # the kill lands here
+store.append(["b"], np.ones((1, 2), np.float32))
+"""
 
-    def killed(source, target):
-        raise KeyboardInterrupt("killed between write and rename")
 
-    monkeypatch.setattr(feature_store.os, "replace", killed)
-    with pytest.raises(KeyboardInterrupt):
-        store.append(["b"], np.ones((1, 2), np.float32))
-    monkeypatch.undo()
-    assert list(tmp_path.glob(".partial-*.npz"))  # the full temporary file is there, never renamed
+def test_a_process_killed_between_write_and_rename_leaves_no_entry_and_its_partial_is_removed(tmp_path):
+    killed = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_RENAME, str(tmp_path)])
+    assert killed.returncode == -signal.SIGKILL
+    assert list(tmp_path.glob(".partial-*.npz"))  # the whole new shard, never renamed
     reloaded = FeatureStoreDataset(str(tmp_path)).load()
     assert len(reloaded) == 1 and "b" not in reloaded
+    assert not list(tmp_path.glob(".partial-*"))  # its writer is dead: removed on open
 
 
 _WRITER = """

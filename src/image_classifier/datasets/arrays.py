@@ -6,12 +6,13 @@ numbers and strings only, so a tampered file under ``data/`` cannot execute anyt
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from kedro.io import AbstractDataset, DatasetError
+
+from image_classifier.datasets.atomic import written_aside
 
 
 class ArraysDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
@@ -25,12 +26,8 @@ class ArraysDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
         arrays = {name: np.asarray(value) for name, value in data.items()}
         if bad := [name for name, array in arrays.items() if array.dtype == object]:
             raise DatasetError(f"{self._path}: {bad} hold Python objects, which .npz stores only by pickling")
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        # Written aside and renamed: a killed run leaves the previous file, never half of one.
-        partial = self._path.with_name(f".{self._path.name}.partial-{os.getpid()}")
-        with open(partial, "wb") as handle:
+        with written_aside(self._path) as partial, open(partial, "wb") as handle:
             np.savez(handle, **arrays)
-        os.replace(partial, self._path)
 
     def load(self) -> dict[str, Any]:
         with np.load(self._path, allow_pickle=False) as contents:

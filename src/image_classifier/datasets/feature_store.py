@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 from kedro.io import AbstractDataset, DatasetError
 
+from image_classifier.datasets.atomic import remove_abandoned, written_aside
 from image_classifier.errors import ProjectError
 
 _SHARD_GLOB = "shard-*.npz"
@@ -37,22 +37,11 @@ class FeatureStore:
     def __init__(self, root: Path):
         self.root = root
         self._where: dict[str, tuple[Path, int]] = {}
-        self._remove_abandoned_partials()
+        remove_abandoned(root)
         for shard in sorted(root.glob(_SHARD_GLOB)):
             keys = self._readable_keys(shard)
             for row, key in enumerate(keys):
                 self._where.setdefault(key, (shard, row))
-
-    def _remove_abandoned_partials(self) -> None:
-        # A partial file names its writer's pid: one whose writer is gone (killed, or it hit a
-        # full disk before this cleanup existed) is waste; a live writer's is left alone.
-        for partial in self.root.glob(".partial-*"):
-            writer = partial.name.split("-")[1]
-            if writer.isdigit() and psutil.pid_exists(int(writer)):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
-                logger.info("Removed %s, left by a feature-cache write that did not finish", partial)
 
     @staticmethod
     def _readable_keys(shard: Path) -> list[str]:
@@ -105,18 +94,13 @@ class FeatureStore:
         """Write one shard atomically and make its keys visible to this store."""
         if len(keys) != len(vectors):
             raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")
-        self.root.mkdir(parents=True, exist_ok=True)
-        name = uuid.uuid4().hex
-        final = self.root / f"shard-{name}.npz"
-        partial = self.root / f".partial-{os.getpid()}-{name}.npz"
+        final = self.root / f"shard-{uuid.uuid4().hex}.npz"
         try:
-            with open(partial, "wb") as handle:
+            with written_aside(final) as partial, open(partial, "wb") as handle:
                 np.savez(handle, keys=np.asarray(keys), features=vectors)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(partial, final)
         except OSError as error:
-            partial.unlink(missing_ok=True)
             raise FeatureCacheError(
                 f"cannot write the feature cache in {self.root}: {error.strerror or error}. Free "
                 "space there (the vectors already cached are kept), or move feature_store.path in "

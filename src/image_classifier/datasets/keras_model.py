@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import keras
 from kedro.io import AbstractDataset
 
+from image_classifier.datasets.atomic import written_aside
 from image_classifier.models import stamp, stamp_of
 
 # An extra member of the .keras zip: Keras reads only the members it wrote and ignores it.
@@ -30,16 +30,11 @@ class StampedModelDataset(AbstractDataset[keras.Model, keras.Model]):
         self.metadata = metadata
 
     def save(self, data: keras.Model) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self._path.with_name(f".partial-{os.getpid()}-{self._path.name}")  # Keras wants .keras
-        try:
+        with written_aside(self._path) as partial:
             data.save(partial)
             if (fingerprint := stamp_of(data)) is not None:
                 with zipfile.ZipFile(partial, "a") as archive:
                     archive.writestr(_MEMBER, json.dumps(fingerprint, sort_keys=True))
-            os.replace(partial, self._path)
-        finally:
-            partial.unlink(missing_ok=True)
 
     def load(self) -> keras.Model:
         model = keras.models.load_model(self._path, **self._load_args)

@@ -182,9 +182,7 @@ def model_for_registry(
         "model": classifier_model,
         "class_names": class_names,
         "input_size": BackboneParams(**backbone).input_size,
-        "limits": IngestionParams(**ingestion).model_dump(
-            include={"max_pixels", "min_side", "max_file_bytes"}
-        ),
+        "limits": ingestion,  # the logged model keeps the limits it serves with
     }
 
 
