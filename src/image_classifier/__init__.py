@@ -13,6 +13,10 @@ for _name, _value in {
 }.items():
     os.environ.setdefault(_name, _value)
 
+# Plots are files the catalog saves: no display on servers and CI. Read when matplotlib is first
+# imported (inside the plotting nodes), so a notebook's inline backend, set before, is kept.
+os.environ.setdefault("MPLBACKEND", "Agg")
+
 # Kedro and kedro-mlflow call an OmegaConf API that warns on every run; nothing for users to do.
 warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import albumentations as A
 import numpy as np
 
 from image_classifier.errors import ProjectError
+
+# albumentations only where transforms are built: the features stage imports this module for
+# config_hash, and Kedro imports every stage's nodes at start-up.
+if TYPE_CHECKING:
+    import albumentations as A
 
 
 class AugmentationConfigError(ProjectError):
@@ -19,6 +23,8 @@ class AugmentationConfigError(ProjectError):
 
 def build_compose(transforms: list[dict[str, Any]]) -> A.Compose:
     """``[{name, params}, ...]`` → ``A.Compose``; errors name the offending entry."""
+    import albumentations as A
+
     built = []
     for position, entry in enumerate(transforms):
         name, params = entry.get("name"), entry.get("params") or {}

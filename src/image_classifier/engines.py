@@ -19,15 +19,18 @@ import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from image_classifier.backbones import BackboneSpec, get_spec, load_pretrained, weights_identity
 from image_classifier.config import BackboneParams, FeaturesParams
 from image_classifier.errors import ProjectError
-from image_classifier.models import feature_extractor, normalise_pixels
+
+# TensorFlow and Keras only where a backbone runs: the hooks import this module at every Kedro
+# start-up, to resolve `auto` before a run.
+if TYPE_CHECKING:
+    import keras
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,10 @@ def inference_core(trunk: keras.Model, spec: BackboneSpec, input_size: int) -> k
     Same arithmetic as ``models.feature_extractor`` without its resize (an identity at this size,
     and an op the other engines lack).
     """
+    import keras
+
+    from image_classifier.models import normalise_pixels
+
     images = keras.Input(shape=(input_size, input_size, 3), dtype="uint8", name="image")
     x = keras.ops.cast(images, "float32")
     x = normalise_pixels(x, spec)
@@ -105,6 +112,10 @@ def backbone_forward(
     backbone: BackboneParams, features: FeaturesParams
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The pretrained feature extractor on the configured engine: uint8 batch → float32 vectors."""
+    import tensorflow as tf
+
+    from image_classifier.models import feature_extractor
+
     engine, size = resolve(features.engine), backbone.input_size
     if features.precision == "bf16" and engine != "openvino":
         raise EngineUnavailableError(

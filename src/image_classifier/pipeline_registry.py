@@ -8,6 +8,7 @@ from pathlib import Path
 from kedro.config import MissingConfigException
 from kedro.framework.project import settings
 from kedro.pipeline import Pipeline
+from kedro.utils import find_kedro_project
 
 from image_classifier.pipelines import (
     augmentation,
@@ -31,8 +32,12 @@ def _sweep_backbones() -> list[str]:
     at registration: the list decides how many namespaced pipelines the sweep has. The project's
     ``kedro run --env`` and ``image-classifier-retrain --env`` put the environment in KEDRO_ENV,
     as Kedro's own ``kedro ipython --env`` does."""
+    # The project's root, also from a folder under it (a notebook's kernel starts in notebooks/):
+    # a loader over a missing conf/ would leave OmegaConf's `globals` resolver, which the last
+    # loader created owns, empty, and the session's catalog would then fail to resolve.
+    root = find_kedro_project(Path.cwd()) or Path.cwd()
     loader = settings.CONFIG_LOADER_CLASS(
-        conf_source=str(Path.cwd() / settings.CONF_SOURCE),
+        conf_source=str(root / settings.CONF_SOURCE),
         env=os.environ.get("KEDRO_ENV"),
         **settings.CONFIG_LOADER_ARGS,
     )

@@ -13,7 +13,6 @@ import pandas as pd
 from image_classifier.config import Parameters, model_settings
 from image_classifier.datasets import index_digest
 from image_classifier.errors import ProjectError
-from image_classifier.models import stamp_of
 
 
 class StaleModelError(ProjectError):
@@ -39,6 +38,8 @@ def fingerprint(index: pd.DataFrame, digest_of_params: str) -> dict[str, str]:
 def require_current(model: Any, current: dict[str, str], name: str, rerun: str) -> None:
     """Refuse a model whose stamp (see ``models.stamp``) is not this run's fingerprint: after a
     killed run, the file on disk is an older run's model, and must not be scored or registered."""
+    from image_classifier.models import stamp_of  # Keras; the hooks import this module at start-up
+
     stamped = stamp_of(model)
     if stamped == current:
         return

@@ -14,12 +14,16 @@ import socket
 import uuid
 import warnings
 from pathlib import Path
-
-import keras
+from typing import TYPE_CHECKING
 
 from image_classifier.backbones.errors import BackboneWeightsError
 from image_classifier.backbones.registry import BackboneSpec, get_spec
 from image_classifier.backbones.torch_weights import read_state_dict, sha256_of
+
+# Keras only where a network is loaded: the project's hooks import this module at every Kedro
+# start-up, to check weights before a run.
+if TYPE_CHECKING:
+    import keras
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +123,8 @@ def _load_ported(spec: BackboneSpec, input_size: int | None, cache_dir: Path) ->
 def _load_keras_application(spec: BackboneSpec, input_size: int | None, weights: str | None) -> keras.Model:
     if weights is None:
         return _load_keras_imagenet(spec, input_size)
+    import keras
+
     path = _user_weights_file(weights)
     trunk = spec.build(input_size)
     problem = None
@@ -143,6 +149,8 @@ def _load_keras_application(spec: BackboneSpec, input_size: int | None, weights:
 
 
 def _load_keras_imagenet(spec: BackboneSpec, input_size: int | None) -> keras.Model:
+    import keras
+
     check_weights_available(spec.name, None)
     constructor = getattr(keras.applications, spec.keras_application)
     try:

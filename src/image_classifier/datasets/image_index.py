@@ -10,7 +10,6 @@ from typing import Any
 import mlflow
 import pandas as pd
 from kedro.io import AbstractDataset
-from kedro_datasets.pandas import CSVDataset
 
 # Columns that define the data a model sees; width and height follow from the content.
 _DIGEST_COLUMNS = ["path", "label", "split", "sha256"]
@@ -33,6 +32,10 @@ class ImageIndexDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
     def __init__(
         self, filepath: str, source: str, name: str = "image_index", metadata: dict[str, Any] | None = None
     ):
+        # Here, not at the top: kedro_datasets.pandas imports all its datasets (SQLAlchemy's costs
+        # 0.4 s), and the hooks import this module at every Kedro start-up.
+        from kedro_datasets.pandas import CSVDataset
+
         self._csv = CSVDataset(filepath=filepath)
         self._source, self._name = source, name
         self.metadata = metadata

@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from image_classifier.augment import build_compose
 from image_classifier.config import AugmentationParams, BackboneParams, IngestionParams
 from image_classifier.datasets import ImageFolder
-from image_classifier.loading import ViewLoader
+from image_classifier.hints import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +40,14 @@ def preview_views(
     seed: int,
     max_images: int = 6,
     max_views: int = 6,
-) -> plt.Figure:
+) -> Figure:
     """A grid of one training image per class (rows) × its first views (columns), exactly as the
     backbone receives them: the quickest check that the transforms do what was meant."""
+    # matplotlib and the loader (Keras) here: Kedro imports every node module at start-up.
+    import matplotlib.pyplot as plt
+
+    from image_classifier.loading import ViewLoader
+
     params = AugmentationParams(**augmentation)
     loader = ViewLoader(
         raw_images,

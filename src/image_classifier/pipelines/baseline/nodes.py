@@ -5,20 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import keras
 import pandas as pd
 
 from image_classifier.config import AugmentationParams, BaselineParams, IngestionParams
 from image_classifier.datasets import ImageFolder
-from image_classifier.fitting import (
-    fit_callbacks,
-    history_metrics,
-    plain_history,
-    seed_everything,
-    split_arrays,
-)
-from image_classifier.loading import AugmentedImages, ViewLoader
-from image_classifier.models import compile_classifier, scratch_convnet
+from image_classifier.hints import KerasModel
 from image_classifier.tracking import scalar_metrics
 
 logger = logging.getLogger(__name__)
@@ -33,8 +24,19 @@ def train_baseline(
     augmentation: dict[str, Any],
     workers: int,
     seed: int,
-) -> tuple[keras.Model, dict[str, Any], dict[str, list[float]]]:
+) -> tuple[KerasModel, dict[str, Any], dict[str, list[float]]]:
     """Train the scratch convnet with online augmentation; score it on validation and test."""
+    # TensorFlow and Keras here, not at the top: Kedro imports every node module at start-up.
+    from image_classifier.fitting import (
+        fit_callbacks,
+        history_metrics,
+        plain_history,
+        seed_everything,
+        split_arrays,
+    )
+    from image_classifier.loading import AugmentedImages, ViewLoader
+    from image_classifier.models import compile_classifier, scratch_convnet
+
     params = BaselineParams(**baseline)
     transforms = tuple(t.model_dump() for t in AugmentationParams(**augmentation).transforms)
     seed_everything(seed)

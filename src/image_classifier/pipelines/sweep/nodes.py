@@ -6,20 +6,16 @@ import logging
 import time
 from typing import Any
 
-import keras
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers and CI; must precede pyplot
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score
 
 from image_classifier import engines
 from image_classifier.config import BackboneParams, FeaturesParams, IngestionParams, SweepParams
 from image_classifier.datasets import ImageFolder
-from image_classifier.fitting import history_metrics
-from image_classifier.loading import ViewLoader, iter_batches
+from image_classifier.hints import Figure, KerasModel
+
+# Keras (TensorFlow), matplotlib and scikit-learn are imported by the nodes that use them: Kedro
+# imports every node module at start-up, even to list the pipelines.
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +38,8 @@ def images_per_second(
 
     One batch warms the traced function up first: tracing is paid once per run, not per image.
     """
+    from image_classifier.loading import ViewLoader, iter_batches
+
     count = SweepParams(**sweep).throughput_images
     if count == 0:
         return 0.0
@@ -63,7 +61,7 @@ def images_per_second(
 
 def sweep_record(
     backbone: dict[str, Any],
-    head_model: keras.Model,
+    head_model: KerasModel,
     head_metrics: dict[str, Any],
     head_history: dict[str, list[float]],
     feature_metrics: dict[str, Any],
@@ -73,6 +71,10 @@ def sweep_record(
     training: dict[str, Any],
 ) -> dict[str, Any]:
     """One backbone's results, under the same names as a default run's, for its own MLflow run."""
+    from sklearn.metrics import f1_score
+
+    from image_classifier.fitting import history_metrics
+
     params = BackboneParams(**backbone)
     predicted = head_model.predict(test_features["features"], verbose=0).argmax(axis=1)
     macro_f1 = float(
@@ -103,8 +105,10 @@ def sweep_record(
     }
 
 
-def summarise(*records: dict[str, Any]) -> tuple[pd.DataFrame, plt.Figure]:
+def summarise(*records: dict[str, Any]) -> tuple[pd.DataFrame, Figure]:
     """A table of every backbone's figures, and test accuracy beside images/s as bars."""
+    import matplotlib.pyplot as plt
+
     table = pd.DataFrame(
         [
             {

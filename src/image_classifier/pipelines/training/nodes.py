@@ -5,17 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import keras
-
 from image_classifier.config import TrainingParams
-from image_classifier.fitting import (
-    class_weights,
-    fit_callbacks,
-    history_metrics,
-    plain_history,
-    seed_everything,
-)
-from image_classifier.models import classifier_head, compile_classifier
+from image_classifier.hints import KerasModel
 from image_classifier.tracking import scalar_metrics
 
 logger = logging.getLogger(__name__)
@@ -28,8 +19,20 @@ def train_head(
     class_names: list[str],
     training: dict[str, Any],
     seed: int,
-) -> tuple[keras.Model, dict[str, Any], dict[str, list[float]]]:
+) -> tuple[KerasModel, dict[str, Any], dict[str, list[float]]]:
     """Fit the head with early stopping on validation loss; the best epoch's weights are kept."""
+    # TensorFlow and Keras here, not at the top: Kedro imports every node module at start-up.
+    import keras
+
+    from image_classifier.fitting import (
+        class_weights,
+        fit_callbacks,
+        history_metrics,
+        plain_history,
+        seed_everything,
+    )
+    from image_classifier.models import classifier_head, compile_classifier
+
     params = TrainingParams(**training)
     seed_everything(seed)
     n = len(class_names)
