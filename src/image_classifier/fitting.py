@@ -15,6 +15,7 @@ import pandas as pd
 import tensorflow as tf
 
 from image_classifier.errors import ProjectError
+from image_classifier.progress import image_bar
 
 
 class TrainingDiverged(ProjectError):
@@ -29,9 +30,10 @@ def seed_everything(seed: int) -> None:
 
 
 def history_metrics(history: dict[str, list[float]], prefix: str) -> dict[str, list[dict[str, float]]]:
-    """Keras history → MLflow step metrics ``<prefix>.history.<name>`` with step = epoch."""
+    """Keras history → MLflow step metrics ``history/<prefix>.<name>`` with step = epoch (the
+    MLflow UI charts them in a section of their own, apart from the headline metrics)."""
     return {
-        f"{prefix}.history.{name}": [{"value": float(v), "step": epoch} for epoch, v in enumerate(values)]
+        f"history/{prefix}.{name}": [{"value": float(v), "step": epoch} for epoch, v in enumerate(values)]
         for name, values in history.items()
         if name != "learning_rate"
     }
@@ -61,6 +63,37 @@ class _FailOnNonFiniteLoss(keras.callbacks.Callback):
                     f"{name} became {float(value)} in epoch {epoch + 1}: training diverged and its "
                     f"model is discarded. Lower {self._learning_rate}, or look for NaN in the inputs"
                 )
+
+
+class ImageProgress(keras.callbacks.Callback):
+    """A bar per epoch over the training images, with images/s and the running loss and accuracy,
+    for ``fit(verbose=0)``: Keras' own output is one line per epoch, minutes apart when
+    fine-tuning. List it before callbacks that may raise, so that its bar is closed first."""
+
+    def __init__(self, images: int, batch_size: int, desc: str):
+        super().__init__()
+        self._images, self._batch_size, self._desc = images, batch_size, desc
+        self._bar = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self._bar = image_bar(self._images, f"{self._desc} epoch {epoch + 1}/{self.params['epochs']}")
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        self._bar.set_postfix(_scores(logs), refresh=False)  # drawn by the update
+        # ``batch`` is the step within the epoch, and only the epoch's last batch may be short.
+        self._bar.update(min((batch + 1) * self._batch_size, self._images) - self._bar.n)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self._bar.set_postfix(_scores(logs), refresh=False)  # with the validation scores
+        self._bar.close()
+
+
+def _scores(logs: dict[str, float] | None) -> dict[str, str]:
+    return {
+        name: f"{float(value):.4f}"
+        for name, value in (logs or {}).items()
+        if name.endswith(("loss", "accuracy"))
+    }
 
 
 def plain_history(fit: keras.callbacks.History) -> dict[str, list[float]]:

@@ -65,4 +65,4 @@ def test_baseline_learns_and_reports_its_metrics(tmp_path):
     assert model.name == "scratch_convnet"
     assert sorted(history) == ["accuracy", "loss", "val_accuracy", "val_loss"]
     assert metrics["baseline.test_accuracy"]["value"] > 0.7
-    assert [p["step"] for p in metrics["baseline.history.loss"]] == list(range(len(history["loss"])))
+    assert [p["step"] for p in metrics["history/baseline.loss"]] == list(range(len(history["loss"])))

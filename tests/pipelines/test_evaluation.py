@@ -36,7 +36,13 @@ def test_plots_are_figures_with_content(tmp_path):
     assert "0.750" in figure.axes[0].get_title()
     assert [t.get_text() for t in figure.axes[0].texts] == ["1", "1", "0", "2"]
     curves = plot_training_curves({"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]}, {"loss": [0.4]})
-    assert len(curves.axes[0].lines) == 3
+    lines = curves.axes[0].lines
+    assert len(lines) == 3
+    # A one-epoch series is drawn as a visible point, and epochs are counted 1, 2, 3.
+    assert lines[2].get_marker() == "o" and list(lines[2].get_xdata()) == [3]
+    curves.canvas.draw()
+    ticks = [t for t in curves.axes[0].get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks)
     plt.close("all")
 
 

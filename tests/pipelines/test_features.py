@@ -143,5 +143,8 @@ def test_fp16_storage_halves_the_cache_and_keeps_the_features(inputs, tmp_path):
     train16, _, _, metrics16 = _run(inputs, tmp_path / "fp16", tmp_path / "weights", storage="fp16")
     assert train16["features"].dtype == np.float32  # widened again for training
     np.testing.assert_allclose(train16["features"], train32["features"], rtol=2e-3, atol=2e-3)
-    ratio = metrics16["features.cache_bytes"]["value"] / metrics32["features.cache_bytes"]["value"]
+    ratio = (
+        metrics16["diagnostics/features.cache_bytes"]["value"]
+        / metrics32["diagnostics/features.cache_bytes"]["value"]
+    )
     assert 0.45 < ratio < 0.6

@@ -45,7 +45,7 @@ def test_enabled_trains_only_top_layers_and_keeps_batchnorm_frozen(inputs):
     model, metrics, history = _run(inputs, enabled=True)
     # Chance is 1/3; 12 or more right of 24 happens by chance about 4% of the time.
     assert metrics["finetune.val_accuracy"]["value"] >= 0.5
-    assert [p["step"] for p in metrics["finetune.history.loss"]] == [0, 1]
+    assert [p["step"] for p in metrics["history/finetune.loss"]] == [0, 1]
     trunk = model.get_layer("mobilenet_v2_features").get_layer("mobilenet_v2")
     trainable = [layer for layer in trunk.layers if layer.trainable and layer.weights]
     assert 0 < len(trainable) <= 5

@@ -224,8 +224,8 @@ def test_ingestion_run_reports_to_mlflow_and_leaves_raw_files_untouched(tmp_path
     report = json.loads((project / "data/08_reporting/ingestion_report.json").read_text())
     assert {r["path"] for r in report["rejected_files"]} == set(EXPECTED_REJECTIONS)
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["ingestion.rejected"] == len(EXPECTED_REJECTIONS)
-    assert run.data.metrics["ingestion.accepted"] == report["accepted"]
+    assert run.data.metrics["diagnostics/ingestion.rejected"] == len(EXPECTED_REJECTIONS)
+    assert run.data.metrics["diagnostics/ingestion.accepted"] == report["accepted"]
     assert run.data.tags["dataset_digest"] == report["dataset_digest"]
     [data_input] = run.inputs.dataset_inputs
     assert data_input.dataset.name == "image_index"

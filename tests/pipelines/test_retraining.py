@@ -91,7 +91,7 @@ def test_a_retrain_without_new_data_does_no_backbone_work_and_keeps_the_champion
     assert history["codes"][1] == 0 and history["aliases"][1] == "1"
     assert second.data.tags["promotion.decision"] == "skipped"
     assert second.data.metrics["features.computed"] == 0
-    assert "time.features_s" not in second.data.metrics  # no stage ran
+    assert "diagnostics/time.features_s" not in second.data.metrics  # no stage ran
     versions = history["client"].search_model_versions("name='image_classifier'")
     assert len(versions) == 2  # v1 and the third run's challenger: the skipped run registered none
 

@@ -40,7 +40,7 @@ def test_one_parent_and_a_nested_run_per_backbone(swept):
             assert metrics[name] > 0.5, name  # chance is 1/3
         assert metrics["features.computed"] == 24 * 2 + 48 and metrics["features.images_per_s"] > 0
         assert child.data.params["backbone.input_size"] == "224"  # each backbone's native size
-        history = client.get_metric_history(child.info.run_id, "head.history.loss")
+        history = client.get_metric_history(child.info.run_id, "history/head.loss")
         assert [m.step for m in history] == list(range(len(history))) and len(history) > 1
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"sweep_summary.csv", "sweep_chart.png"} <= artifacts

@@ -23,7 +23,7 @@ def test_head_learns_and_reports_contract_metrics():
     assert metrics["head.val_accuracy"]["value"] > 0.95
     assert metrics["head.test_accuracy"]["value"] > 0.95
     epochs = len(history["loss"])
-    assert [p["step"] for p in metrics["head.history.val_loss"]] == list(range(epochs))
+    assert [p["step"] for p in metrics["history/head.val_loss"]] == list(range(epochs))
     assert history["loss"][-1] < history["loss"][0]
     assert head.output_shape == (None, 3)
 
@@ -46,7 +46,7 @@ def test_hidden_layer_label_smoothing_and_class_weights():
     assert head.get_layer("head_hidden").units == 32
     assert metrics["head.test_accuracy"]["value"] > 0.95
     # Smoothed targets keep the loss away from zero even when every prediction is right.
-    assert metrics["head.history.loss"][-1]["value"] > 0.1
+    assert metrics["history/head.loss"][-1]["value"] > 0.1
 
 
 def test_balanced_class_weights_equalise_each_class_total():

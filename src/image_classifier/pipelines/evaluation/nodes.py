@@ -5,26 +5,24 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import keras
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers and CI; must precede pyplot
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from image_classifier.config import BackboneParams, EvaluationParams, IngestionParams
 from image_classifier.datasets import ImageFolder
-from image_classifier.loading import ViewLoader, iter_batches
+from image_classifier.hints import Figure, KerasModel
+from image_classifier.progress import counted
 from image_classifier.promotion import fingerprint, require_current
 from image_classifier.tracking import scalar_metrics
+
+# Keras (TensorFlow), matplotlib and scikit-learn are imported by the nodes that use them: Kedro
+# imports every node module at start-up, even to list the pipelines.
 
 logger = logging.getLogger(__name__)
 
 
 def predict_test(
-    classifier_model: keras.Model,
+    classifier_model: KerasModel,
     image_index: pd.DataFrame,
     raw_images: ImageFolder,
     ingestion: dict[str, Any],
@@ -35,13 +33,15 @@ def predict_test(
     params_digest: str,
 ) -> pd.DataFrame:
     """Test-split predictions of the final model: path, true label, predicted label, confidence."""
+    from image_classifier.loading import ViewLoader, iter_batches
+
     _require_current(classifier_model, image_index, params_digest)
     size = BackboneParams(**backbone).input_size
     batch_size = EvaluationParams(**evaluation).batch_size
     test = image_index.loc[image_index["split"] == "test"]
     items = list(zip(test["path"], test["sha256"], [0] * len(test), strict=True))
     loader = ViewLoader(raw_images, IngestionParams(**ingestion), size)
-    batches = iter_batches(items, loader, batch_size, workers)
+    batches = counted(iter_batches(items, loader, batch_size, workers), len(items), "evaluation")
     probabilities = np.concatenate([classifier_model.predict_on_batch(batch) for batch in batches])
     return pd.DataFrame(
         {
@@ -58,6 +58,8 @@ def score(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Contract metrics of the final model, and a per-class report. The final model's accuracy
     is also ``finetune.test_accuracy`` when fine-tuning trained it (its history is not empty)."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
     truth, predicted = predictions["label"], predictions["predicted"]
     accuracy = float(accuracy_score(truth, predicted))
     macro_f1 = float(f1_score(truth, predicted, labels=class_names, average="macro", zero_division=0))
@@ -93,9 +95,13 @@ def plot_misclassified(
     ingestion: dict[str, Any],
     max_images: int = 16,
     thumbnail: int = 160,
-) -> plt.Figure:
+) -> Figure:
     """The test images the model got wrong with the most confidence: the first place to look for
     label noise, look-alike classes or a shortcut the model learned."""
+    import matplotlib.pyplot as plt
+
+    from image_classifier.loading import ViewLoader
+
     wrong = predictions.loc[predictions["label"] != predictions["predicted"]]
     wrong = wrong.sort_values(["confidence", "path"], ascending=[False, True]).head(max_images)
     columns = 4
@@ -118,7 +124,10 @@ def plot_misclassified(
     return figure
 
 
-def plot_confusion_matrix(predictions: pd.DataFrame, class_names: list[str]) -> plt.Figure:
+def plot_confusion_matrix(predictions: pd.DataFrame, class_names: list[str]) -> Figure:
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
     matrix = confusion_matrix(predictions["label"], predictions["predicted"], labels=class_names)
     size = 2 + 0.6 * len(class_names)
     figure, axes = plt.subplots(figsize=(size + 1, size))
@@ -144,8 +153,12 @@ def plot_confusion_matrix(predictions: pd.DataFrame, class_names: list[str]) -> 
 
 def plot_training_curves(
     head_history: dict[str, list[float]], finetune_history: dict[str, list[float]]
-) -> plt.Figure:
-    """Loss and accuracy per epoch; fine-tuning epochs continue after the head's."""
+) -> Figure:
+    """Loss and accuracy per epoch (1, 2, ...); fine-tuning epochs continue after the head's.
+    Each epoch is a marker: a one-epoch series is a point, not an invisible line."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
     offset = len(head_history.get("loss", []))
     for stage, history, start in (("head", head_history, 0), ("fine-tune", finetune_history, offset)):
@@ -154,13 +167,16 @@ def plot_training_curves(
                 values = history.get(f"{name}{metric}", [])
                 if values:
                     axes.plot(
-                        range(start, start + len(values)),
+                        range(start + 1, start + len(values) + 1),
                         values,
                         style,
+                        marker="o",
+                        markersize=3,
                         label=f"{stage} {name or 'train_'}{metric}",
                     )
     for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
         axes.set(xlabel="epoch", ylabel=metric, title=metric)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         if axes.lines:
             axes.legend(fontsize="small")
     figure.tight_layout()
@@ -168,7 +184,7 @@ def plot_training_curves(
 
 
 def model_for_registry(
-    classifier_model: keras.Model,
+    classifier_model: KerasModel,
     image_index: pd.DataFrame,
     class_names: list[str],
     backbone: dict[str, Any],
@@ -186,7 +202,7 @@ def model_for_registry(
     }
 
 
-def _require_current(model: keras.Model, image_index: pd.DataFrame, params_digest: str) -> None:
+def _require_current(model: KerasModel, image_index: pd.DataFrame, params_digest: str) -> None:
     # Checked by each node that reads the model: Kedro may run registration before scoring.
     require_current(
         model,

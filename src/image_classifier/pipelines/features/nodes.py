@@ -9,14 +9,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from image_classifier import engines
 from image_classifier.augment import config_hash
 from image_classifier.backbones import weights_identity
 from image_classifier.config import AugmentationParams, BackboneParams, FeaturesParams, IngestionParams
 from image_classifier.datasets import FeatureStore, ImageFolder
-from image_classifier.loading import ViewLoader, iter_batches
+from image_classifier.progress import counted
 from image_classifier.tracking import scalar_metrics
 
 logger = logging.getLogger(__name__)
@@ -64,6 +63,9 @@ def _compute_missing(
     seed: int,
     workers: int,
 ) -> None:
+    # Keras here, not at the top: Kedro imports every node module at start-up.
+    from image_classifier.loading import ViewLoader, iter_batches
+
     forward = engines.backbone_forward(backbone, features)
     dtype = _STORED_DTYPE[features.storage]
     loader = ViewLoader(
@@ -72,19 +74,15 @@ def _compute_missing(
     pending_keys: list[str] = []
     pending_vectors: list[np.ndarray] = []
     start = time.perf_counter()
-    with tqdm(
-        total=len(todo),
-        desc=f"features [{backbone.name}@{backbone.input_size}, {engines.resolve(features.engine)}]",
-        unit="img",
-    ) as bar:
-        batches = iter_batches([t[:3] for t in todo], loader, features.batch_size, workers)
-        for offset, batch in zip(range(0, len(todo), features.batch_size), batches, strict=True):
-            pending_keys += [t[3] for t in todo[offset : offset + len(batch)]]
-            pending_vectors.append(forward(batch).astype(dtype))
-            if len(pending_keys) >= _SHARD_VECTORS:
-                store.append(pending_keys, np.concatenate(pending_vectors))
-                pending_keys, pending_vectors = [], []
-            bar.update(len(batch))
+    desc = f"features [{backbone.name}@{backbone.input_size}, {engines.resolve(features.engine)}]"
+    loaded = iter_batches([t[:3] for t in todo], loader, features.batch_size, workers)
+    batches = counted(loaded, len(todo), desc)
+    for offset, batch in zip(range(0, len(todo), features.batch_size), batches, strict=True):
+        pending_keys += [t[3] for t in todo[offset : offset + len(batch)]]
+        pending_vectors.append(forward(batch).astype(dtype))
+        if len(pending_keys) >= _SHARD_VECTORS:
+            store.append(pending_keys, np.concatenate(pending_vectors))
+            pending_keys, pending_vectors = [], []
     if pending_keys:
         store.append(pending_keys, np.concatenate(pending_vectors))
     elapsed = time.perf_counter() - start
@@ -157,7 +155,7 @@ def compute_features(
         {
             "features.computed": len(missing),
             "features.reused": reused,
-            "features.cache_bytes": feature_store.size_bytes(),
+            "diagnostics/features.cache_bytes": feature_store.size_bytes(),
         }
     )
     return sets["train"], sets["validation"], sets["test"], metrics

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import keras
 import pandas as pd
 
 from image_classifier.backbones import get_spec, load_pretrained
@@ -17,23 +16,7 @@ from image_classifier.config import (
     TrainingParams,
 )
 from image_classifier.datasets import ImageFolder
-from image_classifier.distribution import training_strategy
-from image_classifier.fitting import (
-    class_weights,
-    fit_callbacks,
-    history_metrics,
-    plain_history,
-    seed_everything,
-    split_arrays,
-)
-from image_classifier.loading import AugmentedImages, ViewLoader
-from image_classifier.models import (
-    compile_classifier,
-    feature_extractor,
-    full_classifier,
-    stamp,
-    unfreeze_top,
-)
+from image_classifier.hints import KerasModel
 from image_classifier.promotion import fingerprint
 from image_classifier.tracking import scalar_metrics
 
@@ -41,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def fine_tune(
-    head_model: keras.Model,
+    head_model: KerasModel,
     image_index: pd.DataFrame,
     raw_images: ImageFolder,
     ingestion: dict[str, Any],
@@ -53,13 +36,35 @@ def fine_tune(
     workers: int,
     seed: int,
     params_digest: str,
-) -> tuple[keras.Model, dict[str, Any], dict[str, list[float]]]:
+) -> tuple[KerasModel, dict[str, Any], dict[str, list[float]]]:
     """Return the full raw-image classifier, fine-tuned unless ``fine_tuning.enabled`` is false.
 
     ``training`` is the head's recipe: fine-tuning keeps its label smoothing and class weights.
     The model is stamped with the fingerprint of this run's data and parameters, which
     evaluation checks before it scores or registers the file.
     """
+    # TensorFlow and Keras here, not at the top: Kedro imports every node module at start-up.
+    import keras
+
+    from image_classifier.distribution import training_strategy
+    from image_classifier.fitting import (
+        ImageProgress,
+        class_weights,
+        fit_callbacks,
+        history_metrics,
+        plain_history,
+        seed_everything,
+        split_arrays,
+    )
+    from image_classifier.loading import AugmentedImages, ViewLoader
+    from image_classifier.models import (
+        compile_classifier,
+        feature_extractor,
+        full_classifier,
+        stamp,
+        unfreeze_top,
+    )
+
     backbone_params, params = BackboneParams(**backbone), FineTuningParams(**fine_tuning)
     head_params, limits = TrainingParams(**training), IngestionParams(**ingestion)
     spec, size = get_spec(backbone_params.name), backbone_params.input_size
@@ -111,8 +116,11 @@ def fine_tune(
         validation_data=validation,
         epochs=params.epochs,
         class_weight=class_weights(labels.argmax(axis=1), len(class_names), head_params.class_weight),
-        callbacks=fit_callbacks(params.patience, "fine_tuning.learning_rate"),
-        verbose=2,
+        callbacks=[
+            ImageProgress(len(paths), params.batch_size, "fine-tuning"),
+            *fit_callbacks(params.patience, "fine_tuning.learning_rate"),
+        ],
+        verbose=0,
     )
     val_accuracy = float(model.evaluate(validation, verbose=0, return_dict=True)["accuracy"])
     logger.info("Fine-tuned: val_accuracy %.4f", val_accuracy)
