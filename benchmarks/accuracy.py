@@ -104,7 +104,7 @@ def main() -> None:
         )
     print("stage wall times of the default run:")
     for stage in DEFAULT_STAGES:
-        print(f"  {stage:<13} {full.get(f'time.{stage}_s', float('nan')):8.1f} s")
+        print(f"  {stage:<13} {full.get(f'diagnostics/time.{stage}_s', float('nan')):8.1f} s")
     print(f"  {'total':<13} {full['wall_s']:8.1f} s (session, including start-up)")
 
 

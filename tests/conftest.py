@@ -11,7 +11,7 @@ import subprocess
 import time
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -159,3 +159,35 @@ def no_mlflow_run_left_open():
     if leaked is not None:
         mlflow.end_run()
         pytest.fail(f"MLflow run {leaked.info.run_id} was left active")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Callable[[str], str]:
+    """Headless Chromium: ``chromium(url)`` is the page's DOM once its scripts have run. Installed
+    with apt (Debian's ``chromium``) when missing and possible; skipped, saying why, otherwise."""
+    binary = shutil.which("chromium") or _install_chromium()
+
+    def dump_dom(url: str) -> str:
+        result = subprocess.run(
+            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+            + ["--disable-dev-shm-usage", "--no-first-run", "--virtual-time-budget=10000", "--dump-dom", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    return dump_dom
+
+
+def _install_chromium() -> str:
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("chromium is not installed, and apt-get needs root: `apt-get install -y chromium`")
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        done = subprocess.run(
+            command, capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        )
+        if done.returncode != 0:
+            pytest.skip(f"could not install chromium ({' '.join(command)}): {done.stderr[-500:]}")
+    return shutil.which("chromium") or pytest.fail("apt-get installed chromium, but it is not on PATH")

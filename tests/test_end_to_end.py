@@ -1,9 +1,14 @@
 """``__default__`` in a real Kedro session, with a real sqlite MLflow store, on real photos."""
 
+import base64
+import html
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.request
+from pathlib import Path
 
 import keras
 import mlflow
@@ -11,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import latest_run, run_session, scratch_project, tracked
+from conftest import free_port, latest_run, run_session, scratch_project, tracked, wait_until_up
 from image_classifier.errors import find_project_error
 from image_classifier.promotion import StaleModelError
 
@@ -59,9 +64,11 @@ def test_default_pipeline_tracks_everything_and_registers_the_model(project, tra
         # Chance is 1/3: more than 12 of 24 right happens by chance about 1.5% of the time.
         assert metrics[name] > 0.5, name
     assert metrics["features.computed"] == 24 * 2 + 48 and metrics["features.reused"] == 0
-    assert metrics["ingestion.accepted"] == 72
-    assert all(metrics[f"time.{stage}_s"] >= 0 for stage in ("ingestion", "features", "fine_tuning"))
-    steps = [m.step for m in tracking.get_metric_history(run.info.run_id, "head.history.loss")]
+    assert metrics["diagnostics/ingestion.accepted"] == 72
+    assert all(
+        metrics[f"diagnostics/time.{stage}_s"] >= 0 for stage in ("ingestion", "features", "fine_tuning")
+    )
+    steps = [m.step for m in tracking.get_metric_history(run.info.run_id, "history/head.loss")]
     assert steps == list(range(len(steps))) and len(steps) > 1
     assert run.data.params["backbone.input_size"] == "96" and run.data.tags["backbone"] == "mobilenet_v2@96"
     assert run.data.tags["engine"] == "onnxruntime"
@@ -80,6 +87,7 @@ def test_default_pipeline_tracks_everything_and_registers_the_model(project, tra
 
     versions = tracking.search_model_versions("name='image_classifier'")
     assert [v.run_id for v in versions] == [run.info.run_id]
+    _check_what_the_ui_shows(tracking, run, versions[0])
     # The registered model takes a raw photo of any size and returns a label and probabilities.
     model = mlflow.pyfunc.load_model(f"models:/image_classifier/{versions[0].version}")
     photo = np.asarray(Image.open(next((project / "data/01_raw/images/test/hat").iterdir())).convert("RGB"))
@@ -94,12 +102,111 @@ def test_default_pipeline_tracks_everything_and_registers_the_model(project, tra
     )
 
 
+def _check_what_the_ui_shows(tracking, run, version):
+    """Name, tags, description, parameters and the registered version, as the MLflow UI lists them."""
+    tags, params = run.data.tags, run.data.params
+    assert run.info.run_name == "default · mobilenet_v2@96 · ft4 · 2 views"
+    assert tags["kedro.pipeline"] == "__default__" and tags["kedro.runner"] == "SequentialRunner"
+    assert "runner" not in tags and "run_id" not in tags and tags["kedro.session_id"]
+    # Each fact once: the model's class names and input size are not run parameters.
+    assert "class_names" not in params and "input_size" not in params
+    assert len(tracking.get_metric_history(run.info.run_id, "diagnostics/time.ingestion_s")) == 1
+    assert any(name.startswith("system/cpu") for name in run.data.metrics), sorted(run.data.metrics)
+    note = tags["mlflow.note.content"]
+    for expected in (
+        "train 24 / validation 24 / test 24",
+        "0 files rejected",
+        f"final model, test accuracy | {run.data.metrics['test_accuracy']:.4g}",
+        "made `champion` (the first model of the project)",
+        "**Stage times** ingestion",
+    ):
+        assert expected in note, note
+    assert "Since the previous run" not in note
+    # The first model of the project serves at once: it is the champion.
+    champion = tracking.get_model_version_by_alias("image_classifier", "champion")
+    assert str(champion.version) == str(version.version)
+    assert version.tags["source_run"] == run.info.run_name and version.tags["backbone"] == "mobilenet_v2@96"
+    assert version.tags["dataset_digest"] == tags["dataset_digest"]
+    assert version.tags["test_accuracy"] == f"{run.data.metrics['test_accuracy']:.4f}"
+    assert run.info.run_name in version.description
+    # The model page shows a request to copy, and MLflow checked the model answers it.
+    info = mlflow.models.get_model_info(f"models:/image_classifier/{version.version}")
+    assert info.saved_input_example_info is not None
+
+
+def test_the_first_model_serves_with_the_default_command(project, tracking):
+    """What `make serve` runs, right after the first run: the champion answers one photo."""
+    port = free_port()
+    log = project / "serve.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("kedro")), "serve", "--port", str(port)],
+            cwd=project,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server, 240, log)
+        photo = next((project / "data/01_raw/images/test/hat").iterdir()).read_bytes()
+        body = json.dumps({"inputs": {"images": [base64.b64encode(photo).decode()]}}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            predictions = json.loads(response.read())["predictions"]
+        assert len(predictions) == 1 and predictions[0]["label"] in {"dress", "hat", "pants"}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_second_run_reuses_every_feature(project, tracking):
     _run(project, **{"fine_tuning.enabled": False})
-    metrics = latest_run(tracking).data.metrics
+    run = latest_run(tracking)
+    metrics = run.data.metrics
     assert metrics["features.computed"] == 0
     assert metrics["features.reused"] == 96
     assert "finetune.test_accuracy" not in metrics and "test_macro_f1" in metrics
+    assert run.info.run_name == "default · mobilenet_v2@96 · no fine-tuning · 2 views"
+    note = run.data.tags["mlflow.note.content"]
+    assert "Since the previous run of this pipeline** (default · mobilenet_v2@96 · ft4 · 2 views" in note
+    assert "- same data" in note and "- `fine_tuning.enabled`: True → False" in note, note
+    # Only the first model is crowned: later ones wait for a retraining's promotion.
+    assert str(tracking.get_model_version_by_alias("image_classifier", "champion").version) == "1"
+    assert "made `champion`" not in note
+
+
+def test_the_mlflow_ui_tells_the_two_runs_apart_in_a_real_browser(project, tracking, chromium):
+    """``mlflow ui`` on the store of the two runs above, read by headless Chromium after the
+    page's scripts have run: the runs list shows both names, a run page its description."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)]
+        + ["--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}", "--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{base}/health", server, timeout=90)
+        experiment = tracking.get_experiment_by_name("image_classifier")
+        runs = tracking.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+        names = [run.info.run_name for run in runs]
+        assert names == [
+            "default · mobilenet_v2@96 · ft4 · 2 views",
+            "default · mobilenet_v2@96 · no fine-tuning · 2 views",
+        ]
+        runs_list = chromium(f"{base}/#/experiments/{experiment.experiment_id}/runs")
+        for name in names:
+            assert runs_list.count(f">{html.escape(name, quote=False)}<") == 1, (name, runs_list[-2000:])
+        assert ">__default__<" not in runs_list
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # training views
+        run_page = chromium(f"{base}/#/experiments/{experiment.experiment_id}/runs/{runs[1].info.run_id}")
+        for text in ("train 24 / validation 24 / test 24", "Since the previous run of this pipeline"):
+            assert text in run_page, text
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_a_model_left_by_a_killed_run_is_neither_scored_nor_registered(project, tracking):

@@ -136,4 +136,4 @@ def test_ingestion_and_augmentation_run_on_an_in_memory_catalog(tmp_path, conf):
     assert outputs["class_names"].load() == ["cat", "dog"]
     views = parameters["augmentation"]["views"]
     assert len(plan) == 6 * views and set(plan["view"]) == set(range(views))
-    assert outputs["ingestion_metrics"].load()["ingestion.accepted"]["value"] == 10
+    assert outputs["ingestion_metrics"].load()["diagnostics/ingestion.accepted"]["value"] == 10

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from image_classifier.pipelines.retraining.nodes import decide_promotion
-from image_classifier.promotion import trained_on, training_fingerprint
+from image_classifier.promotion import params_digest, trained_on, training_fingerprint
 
 INDEX = pd.DataFrame(
     {"path": ["a/1.jpg", "b/2.jpg"], "label": ["a", "b"], "split": ["train", "test"], "sha256": ["1", "2"]}
@@ -24,7 +24,7 @@ def _champion(version="1", parameters=None, index=INDEX):
 def _decide(new, old, champion, min_improvement=0.0):
     scores = {"challenger": new, "champion": old}
     retraining = {"min_improvement": min_improvement}
-    return decide_promotion(scores, CHALLENGER, champion, INDEX, PARAMETERS, retraining)
+    return decide_promotion(scores, CHALLENGER, champion, INDEX, params_digest(PARAMETERS), retraining)
 
 
 def test_without_a_champion_the_first_model_is_promoted():

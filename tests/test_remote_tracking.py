@@ -118,7 +118,7 @@ def test_a_shared_server_with_basic_auth_refuses_anonymous_runs_and_records_auth
             run_session(project, "ingestion")
             client = mlflow.MlflowClient(uri)
             run = latest_run(client)
-            assert run.data.metrics["ingestion.accepted"] == 72 and run.info.status == "FINISHED"
+            assert run.data.metrics["diagnostics/ingestion.accepted"] == 72 and run.info.status == "FINISHED"
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -5,6 +5,8 @@ processes closed; wall time per stage (console and MLflow)."""
 from __future__ import annotations
 
 import logging
+import os
+import re
 import socket
 import time
 from collections import defaultdict
@@ -20,7 +22,7 @@ from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 from mlflow.tracking import MlflowClient
 
-from image_classifier import engines
+from image_classifier import engines, run_summary
 from image_classifier.backbones import check_weights_available
 from image_classifier.config import (
     ParameterError,
@@ -29,6 +31,7 @@ from image_classifier.config import (
     sweep_namespace,
     validate_parameters,
 )
+from image_classifier.datasets.model_registry import CHAMPION_ALIAS, crown_if_none
 from image_classifier.errors import ProjectError
 from image_classifier.promotion import params_digest
 from image_classifier.runs import check_sqlite_store, mark_ghost_runs_quietly, process_tags, run_lock
@@ -184,21 +187,81 @@ class RunProcessTagsHook:
             mlflow.set_tags(process_tags())
 
 
-class StageTimerHook:
-    """Prints each stage's wall time when a run ends, and logs it to MLflow as
-    ``time.<stage>_s``. A node's stage is the tag it shares with a registered pipeline's name
-    (each stage pipeline tags its nodes with its own name), so new stages need no change here."""
+class SystemMetricsHook:
+    """MLflow's system metrics (CPU, memory, disk, network; ``system/*``) for every run that
+    trains or writes data, sampled in a background thread while the run is open. Set
+    ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false`` to turn them off."""
 
     def __init__(self) -> None:
+        # Read once: MLflow's own switch functions set that same variable.
+        setting = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "")
+        self._turned_off = setting.lower() in ("false", "0")
+
+    @hook_impl(tryfirst=True)  # MLflow reads the switch when kedro-mlflow starts the run
+    def before_pipeline_run(self, pipeline: Pipeline) -> None:
+        if self._turned_off:
+            return
+        if _writes_data(pipeline):
+            mlflow.enable_system_metrics_logging()
+        else:
+            mlflow.disable_system_metrics_logging()
+
+
+class RunSummaryHook:
+    """Names each tracked run by what differs (``default · mobilenet_v2@224 · ft40 · 3 views``),
+    keeps Kedro's tags readable, times each stage (console and ``diagnostics/time.<stage>_s``),
+    and, when the run ends, writes its description (``mlflow.note.content``: data, results, stage
+    times, changes since the previous run of the pipeline) and describes the version it
+    registered. The first version ever registered becomes the champion when the pipeline has no
+    promotion step of its own, so that `make serve` works after the first `make run`.
+
+    A node's stage is the tag it shares with a registered pipeline's name (each stage pipeline
+    tags its nodes with its own name), so new stages need no change here."""
+
+    def __init__(self) -> None:
+        self._params: Parameters | None = None
         self._started: dict[str, float] = {}
         self._seconds: dict[str, float] = defaultdict(float)
         self._stage_names: frozenset[str] = frozenset()
+        self._pipeline_name = "__default__"
 
     @hook_impl
-    def before_pipeline_run(self) -> None:
+    def after_context_created(self, context: Any) -> None:
+        try:
+            self._params = validate_parameters(context.params)
+        except ParameterError:
+            self._params = None  # ValidateParametersHook stops the run with the message
+
+    # trylast: after kedro-mlflow has opened the run and copied Kedro's run parameters to tags.
+    @hook_impl(trylast=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline) -> None:
         self._started.clear()
         self._seconds.clear()
         self._stage_names = frozenset(pipelines.keys())
+        self._pipeline_name = "+".join(run_params.get("pipeline_names") or ["__default__"])
+        run = mlflow.active_run()
+        if run is None or self._params is None:
+            return
+        client = MlflowClient()
+        tags = client.get_run(run.info.run_id).data.tags  # the active run's own copy predates them
+        for old in run_summary.RENAMED_TAGS:
+            if old in tags:
+                client.delete_tag(run.info.run_id, old)
+        experiment = client.get_experiment(run.info.experiment_id)
+        if run_summary.EXPERIMENT_KIND_TAG not in experiment.tags:
+            # Without it, MLflow 3's UI opens the experiment on its GenAI (traces) views.
+            client.set_experiment_tag(
+                experiment.experiment_id, run_summary.EXPERIMENT_KIND_TAG, run_summary.EXPERIMENT_KIND
+            )
+        reads = run_summary.read_sections(name for n in pipeline.nodes for name in n.inputs)
+        mlflow.set_tags(
+            {
+                "mlflow.runName": run_summary.run_name(self._pipeline_name, self._params, reads),
+                run_summary.PIPELINE_TAG: self._pipeline_name,
+                "kedro.session_id": str(run_params.get("run_id")),
+                "kedro.runner": _runner_name(str(run_params.get("runner"))),
+            }
+        )
 
     def _stage(self, node: Node) -> str:
         return min(node.tags & self._stage_names, default="other")
@@ -209,19 +272,91 @@ class StageTimerHook:
 
     @hook_impl
     def after_node_run(self, node: Node) -> None:
-        stage = self._stage(node)
-        self._seconds[stage] += time.perf_counter() - self._started.pop(node.name)
-        if mlflow.active_run() is not None:
-            # Logged as the stage grows: the run is still open here, unlike after the pipeline.
-            mlflow.log_metric(f"time.{stage}_s", round(self._seconds[stage], 2))
+        self._seconds[self._stage(node)] += time.perf_counter() - self._started.pop(node.name)
 
-    @hook_impl
-    def after_pipeline_run(self) -> None:
-        if not self._seconds:
+    # tryfirst: kedro-mlflow closes the run in its own after_pipeline_run.
+    @hook_impl(tryfirst=True)
+    def after_pipeline_run(self, pipeline: Pipeline, catalog: Any) -> None:
+        self._finish(pipeline, catalog, failure=None)
+
+    @hook_impl(tryfirst=True)
+    def on_pipeline_error(self, error: Exception, pipeline: Pipeline, catalog: Any) -> None:
+        self._finish(
+            pipeline, catalog, failure=str(error).splitlines()[0][:300] if str(error) else repr(error)
+        )
+
+    def _finish(self, pipeline: Pipeline, catalog: Any, failure: str | None) -> None:
+        if self._seconds:
+            lines = [f"  {stage:<13} {seconds:8.1f} s" for stage, seconds in self._seconds.items()]
+            lines.append(f"  {'total':<13} {sum(self._seconds.values()):8.1f} s")
+            logger.info("Stage wall times:\n%s", "\n".join(lines))
+        active = mlflow.active_run()
+        if active is None:
             return
-        lines = [f"  {stage:<13} {seconds:8.1f} s" for stage, seconds in self._seconds.items()]
-        lines.append(f"  {'total':<13} {sum(self._seconds.values()):8.1f} s")
-        logger.info("Stage wall times:\n%s", "\n".join(lines))
+        try:
+            self._describe(active.info.run_id, pipeline, catalog, failure)
+        except Exception as error:  # noqa: BLE001 - a summary must never fail a finished run
+            logger.warning("Could not write the run's MLflow description: %s", error)
+
+    def _describe(self, run_id: str, pipeline: Pipeline, catalog: Any, failure: str | None) -> None:
+        seconds = {stage: round(value, 2) for stage, value in self._seconds.items()}
+        mlflow.log_metrics({f"{run_summary.DIAGNOSTICS_PREFIX}time.{s}_s": v for s, v in seconds.items()})
+        client = MlflowClient()
+        run = _plain(client.get_run(run_id))
+        registered = None
+        versions = client.search_model_versions(f"run_id = '{run_id}'")
+        for version in versions:
+            client.update_model_version(
+                version.name, version.version, run_summary.version_description(run, run_id)
+            )
+            for key, value in run_summary.version_tags(run).items():
+                client.set_model_version_tag(version.name, version.version, key, value)
+            registered = f"registered as `{version.name}` v{version.version}"
+            if "promotion" not in pipeline.all_outputs() and crown_if_none(version.name, version.version):
+                registered += f" and made `{CHAMPION_ALIAS}` (the first model of the project)"
+        counts = None
+        if "image_index" in pipeline.datasets() and catalog.exists("image_index"):
+            index = catalog.load("image_index")
+            counts = index["split"].value_counts().reindex(["train", "validation", "test"]).dropna()
+            counts = {split: int(n) for split, n in counts.items()}
+        previous = _previous_run(client, run, run_id)
+        client.set_tag(
+            run_id,
+            "mlflow.note.content",
+            run_summary.describe(run, counts, seconds, previous, registered, failure),
+        )
+
+
+def _runner_name(text: str) -> str:
+    """``<kedro.runner.sequential_runner.SequentialRunner object at 0x7f…>`` → ``SequentialRunner``:
+    Kedro hands the runner over as its repr."""
+    found = re.search(r"(\w+) object at 0x", text)
+    # "None" when the session was given no runner: Kedro then runs the sequential one.
+    return found.group(1) if found else "SequentialRunner" if text == "None" else text
+
+
+def _plain(run: mlflow.entities.Run) -> dict[str, Any]:
+    return {
+        "name": run.info.run_name,
+        "params": dict(run.data.params),
+        "metrics": dict(run.data.metrics),
+        "tags": dict(run.data.tags),
+        "start_time": run.info.start_time,
+    }
+
+
+def _previous_run(client: MlflowClient, run: dict[str, Any], run_id: str) -> dict[str, Any] | None:
+    """The last finished run of the same pipeline before this one, or None."""
+    pipeline = run["tags"].get(run_summary.PIPELINE_TAG)
+    experiment = client.get_run(run_id).info.experiment_id
+    found = client.search_runs(
+        [experiment],
+        filter_string=f"tags.`{run_summary.PIPELINE_TAG}` = '{pipeline}' and attributes.status = 'FINISHED' "
+        f"and attributes.start_time < {run['start_time']}",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return _plain(found[0]) if found else None
 
 
 class ParamsDigestHook:
@@ -231,4 +366,5 @@ class ParamsDigestHook:
 
     @hook_impl
     def after_catalog_created(self, catalog: Any, parameters: dict[str, Any]) -> None:
-        catalog["params_digest"] = params_digest(parameters["parameters"])
+        # save, not assignment: assigning replaces the catalog's declared MemoryDataset, with a warning.
+        catalog.save("params_digest", params_digest(parameters["parameters"]))

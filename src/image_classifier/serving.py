@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from image_classifier.config import IngestionParams
 from image_classifier.images import UnusableImage, decode_rgb, resize
-
-if TYPE_CHECKING:
-    from image_classifier.config import IngestionParams
 
 # The signature's one input: JSON payloads name it, in-process arrays are wrapped in it by MLflow.
 INPUT_NAME = "images"
@@ -49,9 +49,6 @@ def predictions_frame(probabilities: np.ndarray, class_names: list[str]) -> pd.D
 def serving_limits(limits: Mapping[str, int] | None) -> IngestionParams:
     """The guards a request passes: those logged with the model, else ingestion's defaults (a model
     logged before limits were stored)."""
-    # Imported here: the config module pulls in Keras, which only model loading needs anyway.
-    from image_classifier.config import IngestionParams
-
     given = limits or {}
     return IngestionParams(**{key: given[key] for key in LIMIT_KEYS if key in given})
 
@@ -193,6 +190,15 @@ def _value_problem(values: np.ndarray) -> str | None:
     return None
 
 
+def model_description(context: Any) -> dict[str, Any]:
+    """Class names and input size (the ``classes`` artifact), with the limits of the model config.
+    Models logged before the artifact existed kept everything in their model config."""
+    described = {}
+    if "classes" in context.artifacts:
+        described = json.loads(Path(context.artifacts["classes"]).read_text())
+    return {**described, **(context.model_config or {})}
+
+
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):
     """Serves a Keras model that takes raw RGB uint8 batches (N, H, W, 3) of any H and W, or a
     1-D array of encoded image files (bytes, or base64 text) or differently sized images (see
@@ -206,13 +212,19 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
         import keras  # imported here so that merely unpickling this class stays cheap
 
         self._model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
-        self._class_names = list(context.model_config["class_names"])
-        self._input_size = int(context.model_config["input_size"])
-        self._batch_size = int(context.model_config.get("batch_size", 32))
-        limits = serving_limits(context.model_config.get("limits"))
+        config = model_description(context)
+        self._class_names = list(config["class_names"])
+        self._input_size = int(config["input_size"])
+        self._batch_size = int(config.get("batch_size", 32))
+        limits = serving_limits(config.get("limits"))
         # An image as big as the model's input is never too small, whatever ingestion.min_side
         # says: the inference pipeline hands the model images it resized to exactly that size.
         self._limits = limits.model_copy(update={"min_side": min(limits.min_side, self._input_size)})
+
+    @property
+    def input_size(self) -> int:
+        """The side the model resizes images to: callers can resize first and send less."""
+        return self._input_size
 
     def predict(self, context, model_input, params=None):
         images = as_batch(model_input, self._input_size, self._limits)

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import tempfile
-import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import mlflow
 import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
+from PIL import Image
 
 import image_classifier
 from image_classifier.serving import INPUT_NAME, LIMIT_KEYS, probability_column, serving_limits
+
+if TYPE_CHECKING:
+    import keras  # every node module imports this one; Kedro imports those at start-up
 
 REGISTERED_MODEL_NAME = "image_classifier"
 CHAMPION_ALIAS = "champion"
@@ -65,26 +70,37 @@ def log_classifier(
     ``limits`` (``max_pixels``, ``min_side``, ``max_file_bytes``: ingestion's) are the guards the
     served model applies to every request; missing ones are ingestion's defaults.
     """
-    model_config = {
-        "class_names": list(class_names),
-        "input_size": int(input_size),
-        "limits": serving_limits(limits).model_dump(include=set(LIMIT_KEYS)),
-    }
+    # MLflow logs a model's model_config as run parameters: only the limits go there, because a
+    # server may tighten them at load time (model_config overrides); the rest is an artifact, so
+    # that the run's parameters do not repeat backbone.input_size and the class names.
+    model_config = {"limits": serving_limits(limits).model_dump(include=set(LIMIT_KEYS))}
+    described = {"class_names": list(class_names), "input_size": int(input_size)}
     package = Path(image_classifier.__file__).parent
-    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
-        # An input example would be the natural fix, but logging one fails for this model
-        # (MLflow writes it before its folder exists); the signature documents the input.
-        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+    with tempfile.TemporaryDirectory() as scratch:
         keras_path = Path(scratch) / "classifier.keras"
         model.save(keras_path)
+        classes_path = Path(scratch) / "classes.json"
+        classes_path.write_text(json.dumps(described))
         return mlflow.pyfunc.log_model(
             name=name,
             # Models from code: MLflow runs this file at load time instead of unpickling.
             python_model=str(package / "pyfunc_model.py"),
-            artifacts={"keras_model": str(keras_path)},
+            artifacts={"keras_model": str(keras_path), "classes": str(classes_path)},
             model_config=model_config,
             code_paths=[str(package)],
             signature=model_signature(class_names),
+            # What a REST client sends (README, "Serving"): the model page shows it as the
+            # request to copy, and MLflow checks at logging time that the model answers it.
+            input_example={INPUT_NAME: np.array([example_photo()], dtype=object)},
             pip_requirements=[_pinned(p) for p in _SERVING_PACKAGES],
             registered_model_name=registered_model_name,
         )
+
+
+def example_photo() -> str:
+    """A small JPEG as base64 text, as in a request to the served model."""
+    # Varied pixels: a flat image would compress to almost nothing and look like a broken file.
+    pixels = np.linspace(0, 255, 48 * 64 * 3).reshape(48, 64, 3).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=80)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

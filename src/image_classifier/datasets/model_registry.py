@@ -4,6 +4,7 @@ model by URI. The registry is the only place the alias `champion` is read or mov
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ class PyfuncModelDataset(AbstractDataset[None, mlflow.pyfunc.PyFuncModel]):
         self.metadata = metadata
 
     def load(self) -> mlflow.pyfunc.PyFuncModel:
+        require_model(self._uri)
         try:
             return mlflow.pyfunc.load_model(self._uri)
         except MlflowException as error:
@@ -76,6 +78,42 @@ def champion(name: str, alias: str, with_model: bool = False) -> dict[str, Any]:
     tags = client.get_run(version.run_id).data.tags if version.run_id else {}
     model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}") if with_model else None
     return {"version": str(version.version), "run_id": version.run_id, "tags": tags, "model": model}
+
+
+def require_model(uri: str) -> None:
+    """Raise ``ModelNotFoundError`` saying what the registry holds instead, when ``uri``
+    (``models:/name@alias`` or ``models:/name/version``) names nothing; other URIs pass."""
+    found = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri)
+    if found is None:
+        return
+    name, alias, number = found.groups()
+    client, store = mlflow.MlflowClient(), mlflow.get_tracking_uri()
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        raise ModelNotFoundError(
+            f"no model {uri} in the tracking store {store}: nothing is registered as {name!r} yet. "
+            "Train one first (`make run`), or point MLFLOW_TRACKING_URI at the store that has it"
+        ) from None
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    if (alias is not None and alias in model.aliases) or (number is not None and int(number) in versions):
+        return
+    held = ", ".join(f"{a} → v{v}" for a, v in sorted(model.aliases.items())) or "no aliases"
+    raise ModelNotFoundError(
+        f"no model {uri} in the tracking store {store}: {name!r} has versions "
+        f"{', '.join(map(str, versions)) or 'none'} and {held}. Use one of them (e.g. "
+        f"models:/{name}/{versions[-1] if versions else 1}), or let `make retrain` promote a champion"
+    )
+
+
+def crown_if_none(name: str, version: str, alias: str = CHAMPION_ALIAS) -> bool:
+    """Give ``alias`` to ``version`` when no version holds it yet; whether it did. Only for the
+    project's very first model: every later move is a promotion decision."""
+    client = mlflow.MlflowClient()
+    if alias in client.get_registered_model(name).aliases:
+        return False
+    client.set_registered_model_alias(name, alias, version)
+    return True
 
 
 class PromotionDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):

@@ -28,7 +28,7 @@ def classify_folder(
     decoded, so a batch holds ``batch_size`` small images, never the photos at full size.
     """
     limits, batch_size = IngestionParams(**ingestion), InferenceParams(**inference).batch_size
-    size = int(model.model_config["input_size"])
+    size = model.unwrap_python_model().input_size
     rows: list[pd.DataFrame] = []
     failures: list[dict[str, str]] = []
     pending: list[tuple[str, np.ndarray]] = []

@@ -291,5 +291,8 @@ def class_names(index: pd.DataFrame) -> list[str]:
 
 def ingestion_metrics(report: dict[str, Any]) -> dict[str, dict[str, float]]:
     return scalar_metrics(
-        {"ingestion.accepted": report["accepted"], "ingestion.rejected": report["rejected"]}
+        {
+            "diagnostics/ingestion.accepted": report["accepted"],
+            "diagnostics/ingestion.rejected": report["rejected"],
+        }
     )

@@ -10,7 +10,7 @@ import pandas as pd
 
 from image_classifier.config import IngestionParams, RetrainingParams
 from image_classifier.datasets import ImageFolder
-from image_classifier.promotion import trained_on, training_fingerprint
+from image_classifier.promotion import fingerprint, trained_on
 
 logger = logging.getLogger(__name__)
 
@@ -50,17 +50,17 @@ def decide_promotion(
     challenger: dict[str, Any],
     champion: dict[str, Any],
     image_index: pd.DataFrame,
-    parameters: dict[str, Any],
+    params_digest: str,
     retraining: dict[str, Any],
 ) -> dict[str, Any]:
     """Promote when there is no champion, or when the challenger gains ``min_improvement`` or
     more (a tie never promotes), unless nothing the model depends on changed since the champion."""
     params = RetrainingParams(**retraining)
     new, old = scores["challenger"], scores["champion"]
-    fingerprint = training_fingerprint(image_index, parameters)
+    current = fingerprint(image_index, params_digest)
     if champion["version"] is None:
         promote, reason = True, "first model: no champion yet"
-    elif trained_on(champion["tags"], fingerprint):
+    elif trained_on(champion["tags"], current):
         promote, reason = False, f"same data and parameters as champion v{champion['version']}"
     elif new > old and new - old >= params.min_improvement:
         promote, reason = True, f"better by {new - old:.4f} (at least {params.min_improvement} needed)"
@@ -76,5 +76,5 @@ def decide_promotion(
         "champion_version": champion["version"],
         "champion_score": old,
         "min_improvement": params.min_improvement,
-        **fingerprint,
+        **current,
     }

@@ -27,7 +27,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "registered_model",
                     "champion",
                     "image_index",
-                    "parameters",
+                    # Not "parameters": kedro-mlflow would log every parameter a second time.
+                    "params_digest",
                     "params:retraining",
                 ],
                 "promotion",
