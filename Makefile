@@ -17,7 +17,7 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup data run test test-fast lint ui clean-outputs retrain serve airflow-dag
+.PHONY: setup data run test test-fast lint ui viz clean-outputs retrain serve airflow-dag
 
 setup: $(STAMP)
 
@@ -73,9 +73,8 @@ airflow-dag: setup
 SERVE_PORT ?= 5001
 MODEL_URI ?= models:/image_classifier@champion
 serve: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
-	$(BIN)/mlflow models serve \
-		-m "$(MODEL_URI)" --host 127.0.0.1 --port $(SERVE_PORT) --env-manager local
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
+	$(BIN)/kedro serve --model-uri "$(MODEL_URI)" --port $(SERVE_PORT)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
@@ -84,6 +83,11 @@ lint: setup
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
 		--default-artifact-root ./mlruns --host 127.0.0.1 --port 5000
+
+# The pipelines as a graph banded by data layer (README, "Pipeline graph"); local only, like `make ui`.
+VIZ_PORT ?= 4141
+viz: setup
+	$(BIN)/kedro viz run --host 127.0.0.1 --port $(VIZ_PORT) --no-browser
 
 # Generated outputs only: raw images and the MLflow store are kept.
 clean-outputs:

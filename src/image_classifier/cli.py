@@ -1,11 +1,13 @@
 """Project CLI: Kedro's own ``kedro run``, except that a mistake in the user's data or parameters
 is printed as its message alone, without the stack trace that would bury it (exit code 1, or 75
-when another run holds the project's lock); and ``kedro backbones``, which lists the networks
-``backbone.name`` may choose and where their weights come from."""
+when another run holds the project's lock); ``kedro serve``, the registered model behind a local
+REST endpoint; and ``kedro backbones``, which lists the networks ``backbone.name`` may choose and
+where their weights come from."""
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import click
@@ -35,6 +37,25 @@ def run(ctx: click.Context, **kwargs: Any) -> Any:
         exception = click.ClickException(str(problem))
         exception.exit_code = problem.exit_code  # 75 for "another run holds the lock"
         raise exception from None
+
+
+@cli.command(name="serve")
+@click.option("--model-uri", default="models:/image_classifier@champion", show_default=True)
+@click.option("--port", default=5001, show_default=True, type=int)
+def serve(model_uri: str, port: int) -> None:
+    """Serve a registered model on 127.0.0.1 (POST /invocations; README, "Serving"). The store is
+    MLFLOW_TRACKING_URI's. A model that is not there is one line saying what is, not a traceback."""
+    from image_classifier.datasets.model_registry import ModelNotFoundError, require_model
+
+    try:
+        require_model(model_uri)
+    except ModelNotFoundError as error:
+        raise click.ClickException(str(error)) from None
+    # `mlflow models serve` starts uvicorn from PATH: the venv's, whatever the caller's PATH.
+    bin_dir = os.path.dirname(sys.executable)
+    os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    command = [os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", model_uri]
+    os.execv(command[0], command + ["--host", "127.0.0.1", "--port", str(port), "--env-manager", "local"])
 
 
 @cli.command(name="backbones")
