@@ -116,7 +116,7 @@ def _check_what_the_ui_shows(tracking, run, version):
     for expected in (
         "train 24 / validation 24 / test 24",
         "0 files rejected",
-        f"final model, test accuracy | {run.data.metrics['test_accuracy']:.4g}",
+        f"- **final model**: test accuracy {run.data.metrics['test_accuracy']:.4g}, macro-F1",
         "made `champion` (the first model of the project)",
         "**Stage times** ingestion",
     ):

@@ -11,18 +11,15 @@ from typing import Any
 
 from image_classifier.config import Parameters
 
-# The metrics a person compares across runs, with the words the description uses for them.
-HEADLINE = {
-    "head.val_accuracy": "head (cached features), validation accuracy",
-    "head.test_accuracy": "head (cached features), test accuracy",
-    "finetune.val_accuracy": "fine-tuned, validation accuracy",
-    "finetune.test_accuracy": "fine-tuned, test accuracy",
-    "test_accuracy": "final model, test accuracy",
-    "test_macro_f1": "final model, macro-F1",
-    "baseline.test_accuracy": "convnet from scratch, test accuracy",
-    "inference.classified": "images classified",
-    "inference.unreadable": "images unreadable",
+# The metrics a person compares across runs, grouped and worded as the description shows them.
+RESULTS = {
+    "head (cached features)": {"validation": "head.val_accuracy", "test": "head.test_accuracy"},
+    "fine-tuned": {"validation": "finetune.val_accuracy", "test": "finetune.test_accuracy"},
+    "final model": {"test accuracy": "test_accuracy", "macro-F1": "test_macro_f1"},
+    "convnet from scratch": {"validation": "baseline.val_accuracy", "test": "baseline.test_accuracy"},
+    "inference": {"classified": "inference.classified", "unreadable": "inference.unreadable"},
 }
+HEADLINE = [key for group in RESULTS.values() for key in group.values()]
 # Per-epoch series and the numbers that explain a run rather than rank it: MLflow's UI groups
 # charts by the part of a metric's name before the first "/".
 HISTORY_PREFIX = "history/"
@@ -77,16 +74,17 @@ def describe(
     ``{"name", "params", "metrics", "tags", "start_time"}`` with ``start_time`` in ms since the
     epoch; ``registered`` says what happened to the model this run registered.
     """
-    metrics, tags = run["metrics"], run["tags"]
-    lines = [f"**{run['name']}** (pipeline `{tags.get(PIPELINE_TAG, '?')}`)"]
+    # The run page shows the first lines only, under the run's name: results first.
+    metrics, lines = run["metrics"], []
     if failure:
-        lines.append(f"\n**Failed**: {failure}")
-    data = _data_line(tags.get("dataset_digest"), split_counts, metrics)
+        lines.append(f"**Failed**: {failure}\n")
+    for group, keys in RESULTS.items():
+        found = [f"{label} {metrics[key]:.4g}" for label, key in keys.items() if key in metrics]
+        if found:
+            lines.append(f"- **{group}**: {', '.join(found)}")
+    data = _data_line(run["tags"].get("dataset_digest"), split_counts, metrics)
     if data:
         lines.append(f"\n**Data** {data}")
-    results = [f"| {HEADLINE[key]} | {metrics[key]:.4g} |" for key in HEADLINE if key in metrics]
-    if results:
-        lines += ["\n| result | value |", "|---|---|", *results]
     if registered:
         lines.append(f"\n**Model** {registered}")
     if stage_seconds:
