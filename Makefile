@@ -20,7 +20,7 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup data run test test-fast lint ui viz clean-outputs retrain serve airflow-dag
+.PHONY: setup data run test test-fast lint ui viz server clean-outputs retrain serve airflow-dag
 
 setup: $(STAMP)
 
@@ -89,6 +89,19 @@ lint: setup
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
 		--default-artifact-root ./mlruns --host 127.0.0.1 --port 5000
+
+# A tracking server a team shares (README, "A tracking server on PostgreSQL"): runs and models in
+# the database MLFLOW_BACKEND_STORE_URI names, artifacts proxied to MLFLOW_ARTIFACTS_DESTINATION
+# (a folder, or an fsspec/S3 URL). 127.0.0.1 unless SERVER_HOST says otherwise; AUTH=1 for
+# MLflow's basic-auth app; SERVER_WORKERS overrides MLflow's number of server processes.
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 5050
+server: setup
+	@test -n "$$MLFLOW_BACKEND_STORE_URI" || { echo "make server: set MLFLOW_BACKEND_STORE_URI, e.g. postgresql+psycopg2://mlflow:<password>@db-host:5432/mlflow" >&2; exit 2; }
+	$(BIN)/mlflow server --backend-store-uri "$$MLFLOW_BACKEND_STORE_URI" \
+		--serve-artifacts --artifacts-destination "$${MLFLOW_ARTIFACTS_DESTINATION:-$(CURDIR)/mlartifacts}" \
+		--host $(SERVER_HOST) --port $(SERVER_PORT) $(if $(AUTH),--app-name basic-auth) \
+		$(if $(SERVER_WORKERS),--workers $(SERVER_WORKERS))
 
 # The pipelines as a graph banded by data layer (README, "Pipeline graph"); local only, like `make ui`.
 VIZ_PORT ?= 4141

@@ -8,6 +8,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 import urllib.request
 import zlib
@@ -182,12 +183,56 @@ def chromium() -> Callable[[str], str]:
 
 
 def _install_chromium() -> str:
+    _apt_install("chromium")
+    return shutil.which("chromium") or pytest.fail("apt-get installed chromium, but it is not on PATH")
+
+
+def _apt_install(package: str) -> None:
+    """Debian's ``package`` for a test that needs it, or a skip saying why it cannot be had."""
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromium is not installed, and apt-get needs root: `apt-get install -y chromium`")
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        pytest.skip(f"{package} is not installed, and apt-get needs root: `apt-get install -y {package}`")
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
         done = subprocess.run(
             command, capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         )
         if done.returncode != 0:
-            pytest.skip(f"could not install chromium ({' '.join(command)}): {done.stderr[-500:]}")
-    return shutil.which("chromium") or pytest.fail("apt-get installed chromium, but it is not on PATH")
+            pytest.skip(f"could not install {package} ({' '.join(command)}): {done.stderr[-500:]}")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster from Debian's server binaries (initdb, pg_ctl) in a temporary
+    folder on a free port, with a database ``mlflow``: its URI. Installed with apt when missing
+    and possible; skipped, saying why, otherwise. PostgreSQL refuses to run as root: as root, the
+    cluster belongs to the ``postgres`` user the package creates."""
+    bin_dir = _postgres_bin() or _install_postgres()
+    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    root = Path(tempfile.mkdtemp(prefix="image-classifier-pg-"))  # not under pytest's 0700 folders
+    if as_owner:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", free_port()
+
+    def run(*command: str) -> None:
+        done = subprocess.run([*as_owner, *command], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{' '.join(command)}:\n{done.stdout}{done.stderr}"
+
+    run(str(bin_dir / "initdb"), "-D", str(data), "-U", "mlflow", "-A", "trust", "--no-sync")
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
+    try:
+        run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow")
+        # +psycopg2: MLflow's plain postgresql:// asks SQLAlchemy for psycopg 3; psycopg2-binary is pinned.
+        yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow"
+    finally:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+def _install_postgres() -> Path:
+    _apt_install("postgresql")
+    return _postgres_bin() or pytest.fail("apt-get installed postgresql, but initdb is not there")

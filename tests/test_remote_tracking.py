@@ -1,7 +1,10 @@
-"""A real `mlflow server` (sqlite backend, local artifact store) started by the test: a tiny
-retraining logs there and promotes there; an unreachable server stops a run at once."""
+"""A real `mlflow server` started by the test: `make server` on a throwaway PostgreSQL cluster,
+where a tiny retraining logs and promotes and two runs from two processes are both recorded;
+MLflow's basic-auth app; an unreachable server stops a run at once."""
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +14,7 @@ import urllib.request
 import mlflow
 import pytest
 
-from conftest import free_port, latest_run, run_session, scratch_project, wait_until_up
+from conftest import PROJECT_ROOT, free_port, latest_run, run_session, scratch_project, wait_until_up
 from image_classifier.hooks import TrackingServerError
 from image_classifier.retrain import retrain
 
@@ -27,20 +30,41 @@ PARAMS = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, postgres):
+    """`make server`, as the README runs it, on the PostgreSQL cluster."""
     root, port = tmp_path_factory.mktemp("mlflow_server"), free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
-        + ["--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--serve-artifacts"]
-        + ["--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    env = {
+        **os.environ,
+        "MLFLOW_BACKEND_STORE_URI": postgres,
+        "MLFLOW_ARTIFACTS_DESTINATION": str(root / "artifacts"),
+    }
+    with make_server(root, port, env) as uri:
+        yield uri, root
+
+
+@contextlib.contextmanager
+def make_server(root, port, env, *options):
+    """`make server` with ``env``'s store and artifact variables, until the block ends."""
+    log = root / "server.log"
+    with log.open("wb") as sink:
+        # Its own process group: make, mlflow and the uvicorn workers all stop together.
+        process = subprocess.Popen(
+            # One worker process: MLflow's default four take longer to start on two cores.
+            ["make", "-s", "server", f"SERVER_PORT={port}", "SERVER_WORKERS=1", *options],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     uri = f"http://127.0.0.1:{port}"
-    wait_until_up(f"{uri}/health", process, timeout=120)
-    yield uri, root
-    process.terminate()
-    process.wait(timeout=30)
+    try:
+        wait_until_up(f"{uri}/health", process, timeout=120, log=log)
+        yield uri
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # make exits when the server fails to start
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
 
 
 def test_a_retraining_logs_and_promotes_on_the_server(server, tmp_path, tiny_demo):
@@ -58,6 +82,40 @@ def test_a_retraining_logs_and_promotes_on_the_server(server, tmp_path, tiny_dem
     assert run.data.tags["promotion.decision"] == "promoted" and "head.test_accuracy" in run.data.metrics
     assert not (project / "mlflow.db").exists()  # nothing went to the local store
     assert any((root / "artifacts").rglob("promotion.json"))
+
+
+def test_two_runs_at_once_from_two_machines_are_both_recorded(server, tmp_path, tiny_demo):
+    """Two projects (two users' checkouts) training at the same moment against one server: both
+    runs, both registered versions, and the champion alias are in the database afterwards."""
+    uri, _ = server
+    client = mlflow.MlflowClient(uri)
+    versions_before = len(client.search_model_versions("name='image_classifier'"))
+    dotted = "backbone.input_size=64,training.epochs=1,fine_tuning.enabled=false,augmentation.views=1"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env["MLFLOW_ARTIFACT_LOCATION"] = "mlflow-artifacts:/image_classifier"
+    projects = [scratch_project(tmp_path / name, tiny_demo) for name in ("alice", "bob")]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "image_classifier", "--params", f"{dotted},features.engine=tensorflow"],
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for project in projects
+    ]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    for run, output in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, output[-3000:]
+    experiment = client.get_experiment_by_name("image_classifier")
+    recorded = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
+    paths = {run.data.tags.get("project_path") for run in recorded}
+    assert {str(project) for project in projects} <= paths
+    versions = client.search_model_versions("name='image_classifier'")
+    assert len(versions) == versions_before + 2
+    champion = client.get_model_version_by_alias("image_classifier", "champion")
+    assert str(champion.version) in {str(v.version) for v in versions}
 
 
 def test_an_unreachable_server_stops_the_run_before_any_work(tmp_path, tiny_demo):
@@ -92,17 +150,13 @@ def test_a_shared_server_with_basic_auth_refuses_anonymous_runs_and_records_auth
         "MLFLOW_AUTH_ADMIN_PASSWORD": "a-long-test-password-1",
         "MLFLOW_FLASK_SERVER_SECRET_KEY": "0123456789abcdef" * 4,
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1"]
-        + ["--port", str(port), "--backend-store-uri", f"sqlite:///{root / 'server.db'}"]
-        + ["--serve-artifacts", "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        env={**os.environ, **secrets},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(f"{uri}/health", process, timeout=120)
+    env = {
+        **os.environ,
+        **secrets,
+        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{root / 'server.db'}",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(root / "artifacts"),
+    }
+    with make_server(root, port, env, "AUTH=1") as uri:
         with pytest.raises(urllib.error.HTTPError) as anonymous:
             urllib.request.urlopen(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30)
         assert anonymous.value.code == 401
@@ -119,6 +173,3 @@ def test_a_shared_server_with_basic_auth_refuses_anonymous_runs_and_records_auth
             client = mlflow.MlflowClient(uri)
             run = latest_run(client)
             assert run.data.metrics["diagnostics/ingestion.accepted"] == 72 and run.info.status == "FINISHED"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
