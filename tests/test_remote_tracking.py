@@ -10,17 +10,25 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
-from conftest import PROJECT_ROOT, free_port, latest_run, run_session, scratch_project, wait_until_up
+from conftest import PROJECT_ROOT, free_port, latest_run, run_session, scratch_project, tracked, wait_until_up
 from image_classifier.hooks import TrackingServerError
 from image_classifier.retrain import retrain
 
 # Starts an MLflow server and runs Kedro sessions against it.
 pytestmark = pytest.mark.slow
 
+FLAT_PARAMS = {
+    "backbone.input_size": 64,
+    "training.epochs": 2,
+    "fine_tuning.enabled": False,
+    "augmentation.views": 1,
+}
 PARAMS = {
     "backbone": {"input_size": 64},
     "training": {"epochs": 1},
@@ -116,6 +124,44 @@ def test_two_runs_at_once_from_two_machines_are_both_recorded(server, tmp_path, 
     assert len(versions) == versions_before + 2
     champion = client.get_model_version_by_alias("image_classifier", "champion")
     assert str(champion.version) in {str(v.version) for v in versions}
+
+
+def test_a_local_store_migrates_to_the_server(server, tmp_path, tiny_demo):
+    """The README's migration: a project's mlflow.db copied to the server, runs and models alike."""
+    uri, _ = server
+    project = scratch_project(tmp_path / "project", tiny_demo)
+    with tracked(project) as local:
+        run_session(project, "__default__", **{**FLAT_PARAMS, "features.engine": "tensorflow"})
+        old = latest_run(local)
+    migrate = [
+        str(Path(sys.executable).with_name("image-classifier-migrate")),
+        f"sqlite:///{project / 'mlflow.db'}",
+        uri,
+    ]
+    done = subprocess.run(migrate, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "copied 1 runs and 1 model versions" in done.stdout, (
+        done.stdout + done.stderr
+    )
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("image_classifier")
+    [new] = client.search_runs([experiment.experiment_id], f"tags.migrated_from = '{old.info.run_id}'")
+    assert new.info.run_name == old.info.run_name and new.data.params == old.data.params
+    assert new.data.tags["mlflow.note.content"] == old.data.tags["mlflow.note.content"]
+    assert (
+        len(client.get_metric_history(new.info.run_id, "history/head.loss")) == FLAT_PARAMS["training.epochs"]
+    )
+    assert {a.path for a in client.list_artifacts(new.info.run_id)} >= {
+        "confusion_matrix.png",
+        "registered_model",
+    }
+    [version] = client.search_model_versions(f"run_id = '{new.info.run_id}'")
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/image_classifier/{version.version}")
+    photo = next((project / "data/01_raw/images/test/hat").iterdir()).read_bytes()
+    assert model.predict(np.array([photo], dtype=object))["label"].iloc[0] in {"dress", "hat", "pants"}
+    # A second migration copies nothing twice.
+    again = subprocess.run(migrate, capture_output=True, text=True, timeout=600)
+    assert "copied 0 runs and 0 model versions" in again.stdout, again.stdout + again.stderr
 
 
 def test_an_unreachable_server_stops_the_run_before_any_work(tmp_path, tiny_demo):
