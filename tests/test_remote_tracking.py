@@ -138,7 +138,9 @@ def test_a_local_store_migrates_to_the_server(server, tmp_path, tiny_demo):
         f"sqlite:///{project / 'mlflow.db'}",
         uri,
     ]
-    done = subprocess.run(migrate, capture_output=True, text=True, timeout=600)
+    # From elsewhere, with no tracking URI set: only the command line names the stores.
+    elsewhere = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_TRACKING")}
+    done = subprocess.run(migrate, cwd=tmp_path, env=elsewhere, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "copied 1 runs and 1 model versions" in done.stdout, (
         done.stdout + done.stderr
     )
@@ -160,7 +162,7 @@ def test_a_local_store_migrates_to_the_server(server, tmp_path, tiny_demo):
     photo = next((project / "data/01_raw/images/test/hat").iterdir()).read_bytes()
     assert model.predict(np.array([photo], dtype=object))["label"].iloc[0] in {"dress", "hat", "pants"}
     # A second migration copies nothing twice.
-    again = subprocess.run(migrate, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(migrate, cwd=tmp_path, env=elsewhere, capture_output=True, text=True, timeout=600)
     assert "copied 0 runs and 0 model versions" in again.stdout, again.stdout + again.stderr
 
 

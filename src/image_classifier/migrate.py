@@ -82,10 +82,11 @@ def _copy_model(src, dst, name: str, new_ids: dict[str, str], source: str) -> in
             continue
         run_id = new_ids[version.run_id]
         path = f"registered_model/v{version.version}"
+        # The version's files by their own URI: a models:/ URI would be looked up in the registry
+        # of the environment's tracking URI, not in ``source``'s.
+        files = src.get_model_version_download_uri(name, version.version)
         with tempfile.TemporaryDirectory() as scratch:
-            local = mlflow.artifacts.download_artifacts(
-                f"models:/{name}/{version.version}", dst_path=scratch, tracking_uri=source
-            )
+            local = mlflow.artifacts.download_artifacts(files, dst_path=scratch, tracking_uri=source)
             dst.log_artifacts(run_id, local, path)
         tags = {**version.tags, _MIGRATED_FROM: f"{version.run_id}/{version.version}"}
         copy = dst.create_model_version(
