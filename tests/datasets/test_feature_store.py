@@ -1,13 +1,16 @@
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
 
 from image_classifier.datasets import FeatureStoreDataset
+from image_classifier.datasets.atomic import written_aside
 
 
 def test_appended_vectors_survive_a_reload(tmp_path):
@@ -41,6 +44,24 @@ def test_partial_files_of_dead_writers_are_removed_and_a_live_writers_kept(tmp_p
         path.write_bytes(b"PK\x03\x04" + bytes(4096))
     assert len(FeatureStoreDataset(str(tmp_path)).load()) == 1
     assert not abandoned.exists() and not older_format.exists() and in_flight.exists()
+
+
+def test_partial_files_from_other_hosts_are_kept_until_a_day_old(tmp_path):
+    """On shared storage a Dask worker on another machine may be writing: its pid means nothing
+    here, so only its age can say that it was abandoned."""
+    with written_aside(tmp_path / "shard-x.npz") as own:
+        assert re.fullmatch(r"\.partial-\d+\.[0-9a-f]{8}-shard-x\.npz", own.name)
+        host = own.name.split(".")[2].split("-")[0]
+        own.write_bytes(b"")
+    other_host = "0" * 8 if host != "0" * 8 else "1" * 8
+    recent = tmp_path / f".partial-1.{other_host}-shard-a.npz"  # pid 1 exists here: irrelevant
+    stale = tmp_path / f".partial-{os.getpid()}.{other_host}-shard-b.npz"
+    for path in (recent, stale):
+        path.write_bytes(b"PK\x03\x04")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(stale, (two_days_ago, two_days_ago))
+    FeatureStoreDataset(str(tmp_path)).load()
+    assert recent.exists() and not stale.exists()
 
 
 @pytest.fixture

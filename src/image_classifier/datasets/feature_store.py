@@ -92,26 +92,37 @@ class FeatureStore:
 
     def append(self, keys: list[str], vectors: np.ndarray) -> Path:
         """Write one shard atomically and make its keys visible to this store."""
-        if len(keys) != len(vectors):
-            raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")
-        final = self.root / f"shard-{uuid.uuid4().hex}.npz"
-        try:
-            with written_aside(final) as partial, open(partial, "wb") as handle:
-                np.savez(handle, keys=np.asarray(keys), features=vectors)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as error:
-            raise FeatureCacheError(
-                f"cannot write the feature cache in {self.root}: {error.strerror or error}. Free "
-                "space there (the vectors already cached are kept), or move feature_store.path in "
-                "conf/<env>/catalog.yml, then run again"
-            ) from None
+        shard = write_shard(self.root, keys, vectors)
+        self.adopt(shard, keys)
+        return shard
+
+    def adopt(self, shard: Path, keys: list[str]) -> None:
+        """Make the keys of a shard that another process wrote (a Dask worker) visible here."""
         for row, key in enumerate(keys):
-            self._where.setdefault(key, (final, row))
-        return final
+            self._where.setdefault(key, (shard, row))
 
     def size_bytes(self) -> int:
         return sum(shard.stat().st_size for shard in self.root.glob(_SHARD_GLOB))
+
+
+def write_shard(root: Path, keys: list[str], vectors: np.ndarray) -> Path:
+    """Write ``keys → vectors`` as one new shard under ``root``, atomically; any process may call
+    it, many at once, without opening the store."""
+    if len(keys) != len(vectors):
+        raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")
+    final = root / f"shard-{uuid.uuid4().hex}.npz"
+    try:
+        with written_aside(final) as partial, open(partial, "wb") as handle:
+            np.savez(handle, keys=np.asarray(keys), features=vectors)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise FeatureCacheError(
+            f"cannot write the feature cache in {root}: {error.strerror or error}. Free "
+            "space there (the vectors already cached are kept), or move feature_store.path in "
+            "conf/<env>/catalog.yml, then run again"
+        ) from None
+    return final
 
 
 class FeatureStoreDataset(AbstractDataset[None, FeatureStore]):
