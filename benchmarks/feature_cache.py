@@ -16,6 +16,8 @@ Figures, with the parameters in conf/base (backbone, input size, views, batch si
   (h) every installed engine and precision: backbone-only and cold end-to-end images/s, each as a
       ratio to TensorFlow's, and the head's test accuracy on that engine's features
   (i) the split of the CPU between loader threads and engine threads, for the configured engine
+  (j) the executors: in-process vs. a Dask LocalCluster of 1 and of 2 workers (1 thread each),
+      cold end-to-end, the cluster's start and each worker's engine loading included
 Cold runs and RSS runs each happen in a fresh process on a fresh cache; nothing is written to the
 project's own cache.
 """
@@ -246,6 +248,7 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=1.0, help="share of the demo images to use")
     parser.add_argument("--child", nargs=3, metavar=("STORE", "FRACTION", "FEATURES"), help=argparse.SUPPRESS)
     parser.add_argument("--engines-only", action="store_true", help="only (h) and (i)")
+    parser.add_argument("--executors-only", action="store_true", help="only (j)")
     args = parser.parse_args()
     logging.disable(logging.INFO)
     if args.child:
@@ -265,6 +268,9 @@ def main() -> None:
         raw, index, _, _ = _inputs(params, full)
         if args.engines_only:
             compare_engines(params, raw, index, scratch_path, full)
+            return
+        if args.executors_only:
+            compare_executors(scratch_path, full)
             return
         a = backbone_only(params, raw, index)
         print(f"(a) backbone only, pre-decoded:       {a:7.1f} images/s")
@@ -302,6 +308,22 @@ def main() -> None:
             f"    ratio:                            {g['ratio']:7.0f}x   (target >= 20x)"
         )
         compare_engines(params, raw, index, scratch_path, full)
+        compare_executors(scratch_path, full)
+
+
+def compare_executors(scratch: Path, fraction: float) -> None:
+    """(j) the same cold caching in this process and on Dask LocalClusters."""
+    print("(j) executor                         cold end-to-end")
+    rows = [
+        ("local", {}),
+        *((f"dask, {n} worker(s)", {"executor": "dask", "dask_workers": n}) for n in (1, 2)),
+    ]
+    for name, features in rows:
+        run = _in_child(scratch / f"executor-{name}", fraction, **features)
+        print(
+            f"    {name:<32} {run['computed'] / run['seconds']:6.1f} images/s "
+            f"({run['computed']:.0f} vectors in {run['seconds']:.1f} s)"
+        )
 
 
 # (engine, precision) in the order printed; TensorFlow first, as every ratio's denominator.

@@ -51,7 +51,8 @@ def _run(project, pipeline="__default__", **extra):
 
 
 def test_default_pipeline_tracks_everything_and_registers_the_model(project, tracking):
-    _run(project)
+    # Features on a one-worker Dask LocalCluster: the executor's real path through a Kedro session.
+    _run(project, **{"features.executor": "dask", "features.dask_workers": 1})
     run = latest_run(tracking)
     metrics = run.data.metrics
     for name in (
@@ -64,6 +65,7 @@ def test_default_pipeline_tracks_everything_and_registers_the_model(project, tra
         # Chance is 1/3: more than 12 of 24 right happens by chance about 1.5% of the time.
         assert metrics[name] > 0.5, name
     assert metrics["features.computed"] == 24 * 2 + 48 and metrics["features.reused"] == 0
+    assert metrics["diagnostics/features.dask_workers"] == 1
     assert metrics["diagnostics/ingestion.accepted"] == 72
     assert all(
         metrics[f"diagnostics/time.{stage}_s"] >= 0 for stage in ("ingestion", "features", "fine_tuning")

@@ -154,6 +154,18 @@ class FeaturesParams(_Strict):
     engine_threads: int = _not_in_fingerprint(
         0, ge=0, description="threads the engine computes with; 0: its default"
     )
+    shard_size: int = _not_in_fingerprint(
+        1024, ge=1, description="vectors per stored shard: a unit of Dask work, and what a kill can lose"
+    )
+    executor: Literal["local", "dask"] = _not_in_fingerprint(
+        "local", description="where missing vectors are computed: this process, or a Dask cluster"
+    )
+    dask_address: str = _not_in_fingerprint(
+        "", description="the Dask scheduler, e.g. tcp://host:8786; empty: a LocalCluster on this machine"
+    )
+    dask_workers: int = _not_in_fingerprint(
+        2, ge=1, description="worker processes of the LocalCluster started when dask_address is empty"
+    )
 
     @model_validator(mode="after")
     def _bf16_needs_openvino(self) -> FeaturesParams:

@@ -108,22 +108,44 @@ def _convert_onnx(core: keras.Model, size: int, target: Path) -> None:
     os.replace(partial, target)
 
 
+def _converted(backbone: BackboneParams, engine: str) -> Path:
+    target = _converted_path(backbone, engine)
+    if not target.exists():
+        logger.info("Converting %s for %s (once; cached in %s)", backbone.name, engine, target)
+        spec, size = get_spec(backbone.name), backbone.input_size
+        trunk = load_pretrained(spec.name, size, backbone.cache_dir, backbone.weights)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        convert = _convert_openvino if engine == "openvino" else _convert_onnx
+        convert(inference_core(trunk, spec, size), size, target)
+    return target
+
+
+def prepare(backbone: BackboneParams, features: FeaturesParams) -> None:
+    """Convert the backbone for the engine now, if it is not cached yet: before many workers start,
+    so that they load one converted file instead of each converting it."""
+    engine = resolve(features.engine)
+    if engine == "tensorflow":
+        load_pretrained(backbone.name, backbone.input_size, backbone.cache_dir, backbone.weights)
+    else:
+        _converted(backbone, engine)
+
+
 def backbone_forward(
     backbone: BackboneParams, features: FeaturesParams
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The pretrained feature extractor on the configured engine: uint8 batch → float32 vectors."""
-    import tensorflow as tf
-
-    from image_classifier.models import feature_extractor
-
     engine, size = resolve(features.engine), backbone.input_size
     if features.precision == "bf16" and engine != "openvino":
         raise EngineUnavailableError(
             f"features.precision: bf16 needs openvino, and features.engine gave {engine}"
         )
-    spec = get_spec(backbone.name)
-    trunk = load_pretrained(spec.name, size, backbone.cache_dir, backbone.weights)
     if engine == "tensorflow":
+        import tensorflow as tf
+
+        from image_classifier.models import feature_extractor
+
+        spec = get_spec(backbone.name)
+        trunk = load_pretrained(spec.name, size, backbone.cache_dir, backbone.weights)
         extractor = feature_extractor(trunk, spec, size)
         # A fixed signature with a free batch dimension: the last, smaller batch reuses the trace.
         forward = tf.function(
@@ -131,12 +153,8 @@ def backbone_forward(
             input_signature=[tf.TensorSpec((None, size, size, 3), tf.uint8)],
         )
         return lambda batch: forward(tf.constant(batch)).numpy()
-    target = _converted_path(backbone, engine)
-    if not target.exists():
-        logger.info("Converting %s for %s (once; cached in %s)", backbone.name, engine, target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        convert = _convert_openvino if engine == "openvino" else _convert_onnx
-        convert(inference_core(trunk, spec, size), size, target)
+    # The trunk is built only to convert it, once: a cached conversion loads without TensorFlow.
+    target = _converted(backbone, engine)
     threads = features.engine_threads
     if engine == "openvino":
         import openvino as ov

@@ -8,7 +8,6 @@ from conftest import write_photo
 from image_classifier.config import BackboneParams, FeaturesParams
 from image_classifier.datasets import FeatureStoreDataset, ImageFolderDataset, feature_store
 from image_classifier.pipelines.augmentation.nodes import plan_views
-from image_classifier.pipelines.features import nodes
 from image_classifier.pipelines.features.nodes import backbone_context, cache_key, compute_features
 from image_classifier.pipelines.ingestion.nodes import class_names, index_images
 
@@ -26,7 +25,7 @@ def inputs(tiny_demo):
     return _inputs(tiny_demo)
 
 
-def _run(inputs, store_dir, weights_dir, input_size=64, augmentation=AUGMENTATION, storage="fp32"):
+def _run(inputs, store_dir, weights_dir, input_size=64, augmentation=AUGMENTATION, **features):
     raw, index, plan, names = inputs
     return compute_features(
         plan,
@@ -36,7 +35,7 @@ def _run(inputs, store_dir, weights_dir, input_size=64, augmentation=AUGMENTATIO
         FeatureStoreDataset(str(store_dir)).load(),
         names,
         {"name": "mobilenet_v2", "input_size": input_size, "cache_dir": str(weights_dir)},
-        {"batch_size": 16, "storage": storage},
+        {"batch_size": 16, **features},
         augmentation,
         2,
         42,
@@ -115,7 +114,6 @@ def test_new_images_compute_only_their_views(inputs, tiny_demo, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_run_is_finished_by_the_next_one(inputs, tmp_path, monkeypatch):
-    monkeypatch.setattr(nodes, "_SHARD_VECTORS", 16)
     renames: list[str] = []
     real_replace = feature_store.os.replace
 
@@ -128,7 +126,7 @@ def test_a_killed_run_is_finished_by_the_next_one(inputs, tmp_path, monkeypatch)
 
     monkeypatch.setattr(feature_store.os, "replace", dies_on_third_shard)
     with pytest.raises(KeyboardInterrupt):
-        _run(inputs, tmp_path / "store", tmp_path / "weights")
+        _run(inputs, tmp_path / "store", tmp_path / "weights", shard_size=16)
     monkeypatch.setattr(feature_store.os, "replace", real_replace)
     train, _, _, metrics = _run(inputs, tmp_path / "store", tmp_path / "weights")
     assert metrics["features.reused"]["value"] == 32  # the two shards that were renamed

@@ -15,14 +15,11 @@ from image_classifier.augment import config_hash
 from image_classifier.backbones import weights_identity
 from image_classifier.config import AugmentationParams, BackboneParams, FeaturesParams, IngestionParams
 from image_classifier.datasets import FeatureStore, ImageFolder
-from image_classifier.progress import counted
+from image_classifier.feature_cache import ShardWork, compute_here, compute_on_dask
 from image_classifier.tracking import scalar_metrics
 
 logger = logging.getLogger(__name__)
 
-# Features are written in shards of about this many vectors: a killed run loses at most one.
-_SHARD_VECTORS = 1024
-_STORED_DTYPE = {"fp32": np.float32, "fp16": np.float16}
 # Part of every key: bump it when decoding or resizing changes the pixels the backbone sees, so
 # that vectors of the old pixels are not served as if they were the new ones.
 PIXELS_VERSION = "pil-bilinear-aa-1"
@@ -50,43 +47,6 @@ def _items(view_plan: pd.DataFrame, image_index: pd.DataFrame) -> dict[str, pd.D
     for split in ("validation", "test"):
         items[split] = held_out.loc[held_out["split"] == split].assign(view=0)
     return items
-
-
-def _compute_missing(
-    todo: list[tuple[str, str, int, str]],
-    store: FeatureStore,
-    raw: ImageFolder,
-    limits: IngestionParams,
-    backbone: BackboneParams,
-    features: FeaturesParams,
-    augmentation: AugmentationParams,
-    seed: int,
-    workers: int,
-) -> None:
-    # Keras here, not at the top: Kedro imports every node module at start-up.
-    from image_classifier.loading import ViewLoader, iter_batches
-
-    forward = engines.backbone_forward(backbone, features)
-    dtype = _STORED_DTYPE[features.storage]
-    loader = ViewLoader(
-        raw, limits, backbone.input_size, tuple(t.model_dump() for t in augmentation.transforms), seed
-    )
-    pending_keys: list[str] = []
-    pending_vectors: list[np.ndarray] = []
-    start = time.perf_counter()
-    desc = f"features [{backbone.name}@{backbone.input_size}, {engines.resolve(features.engine)}]"
-    loaded = iter_batches([t[:3] for t in todo], loader, features.batch_size, workers)
-    batches = counted(loaded, len(todo), desc)
-    for offset, batch in zip(range(0, len(todo), features.batch_size), batches, strict=True):
-        pending_keys += [t[3] for t in todo[offset : offset + len(batch)]]
-        pending_vectors.append(forward(batch).astype(dtype))
-        if len(pending_keys) >= _SHARD_VECTORS:
-            store.append(pending_keys, np.concatenate(pending_vectors))
-            pending_keys, pending_vectors = [], []
-    if pending_keys:
-        store.append(pending_keys, np.concatenate(pending_vectors))
-    elapsed = time.perf_counter() - start
-    logger.info("Features: computed %d in %.1f s (%.1f images/s)", len(todo), elapsed, len(todo) / elapsed)
 
 
 def compute_features(
@@ -125,20 +85,29 @@ def compute_features(
         reused,
         len(missing),
     )
+    workers_used = 0
     if len(missing):
         todo = list(
             zip(missing["path"], missing["sha256"], missing["view"].astype(int), missing["key"], strict=True)
         )
-        _compute_missing(
-            todo,
-            feature_store,
+        work = ShardWork.of(
             raw_images,
+            feature_store,
             IngestionParams(**ingestion),
             backbone_params,
             features_params,
-            augmentation_params,
+            tuple(t.model_dump() for t in augmentation_params.transforms),
             seed,
             workers,
+        )
+        start = time.perf_counter()
+        if features_params.executor == "dask":
+            workers_used = compute_on_dask(work, todo, feature_store)
+        else:
+            compute_here(work, todo, feature_store)
+        elapsed = time.perf_counter() - start
+        logger.info(
+            "Features: computed %d in %.1f s (%.1f images/s)", len(todo), elapsed, len(todo) / elapsed
         )
 
     label_ids = {label: i for i, label in enumerate(class_names)}
@@ -156,6 +125,7 @@ def compute_features(
             "features.computed": len(missing),
             "features.reused": reused,
             "diagnostics/features.cache_bytes": feature_store.size_bytes(),
+            **({"diagnostics/features.dask_workers": workers_used} if workers_used else {}),
         }
     )
     return sets["train"], sets["validation"], sets["test"], metrics
