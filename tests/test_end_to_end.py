@@ -66,6 +66,11 @@ def test_default_pipeline_tracks_everything_and_registers_the_model(project, tra
         assert metrics[name] > 0.5, name
     assert metrics["features.computed"] == 24 * 2 + 48 and metrics["features.reused"] == 0
     assert metrics["diagnostics/features.dask_workers"] == 1
+    # Fine-tuning and test-time augmentation were each chosen on validation, and say so.
+    assert metrics["diagnostics/finetune.kept"] in (0.0, 1.0) and metrics[
+        "diagnostics/evaluation.tta_flip"
+    ] in (0.0, 1.0)
+    assert metrics["diagnostics/finetune.frozen_val_accuracy"] > 0.5
     assert metrics["diagnostics/ingestion.accepted"] == 72
     assert all(
         metrics[f"diagnostics/time.{stage}_s"] >= 0 for stage in ("ingestion", "features", "fine_tuning")

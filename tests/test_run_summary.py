@@ -66,6 +66,23 @@ def test_the_description_gives_data_results_times_and_changes_since_the_previous
     assert "Failed" not in text
 
 
+def test_the_description_says_which_model_fine_tuning_left_final():
+    tuning = {"finetune.val_accuracy": 0.93, "diagnostics/finetune.frozen_val_accuracy": 0.94}
+    steps = {"diagnostics/finetune.best_epoch": 3.0, "diagnostics/finetune.epochs_run": 5.0}
+    kept = describe(
+        {**_run(), "metrics": {**tuning, **steps, "diagnostics/finetune.kept": 1.0}}, None, {}, None
+    )
+    assert "- **final model is the fine-tuned one**: epoch 3 of 5\n" in kept
+    beaten = describe(
+        {**_run(), "metrics": {**tuning, **steps, "diagnostics/finetune.kept": 0.0}}, None, {}, None
+    )
+    assert (
+        "- **final model is the frozen backbone + head**: fine-tuning reached validation 0.93, not above its 0.94"
+        in beaten
+    )
+    assert "final model is" not in describe(_run(), None, {}, None)
+
+
 def test_a_first_run_has_no_changes_and_a_failed_run_says_why():
     text = describe(_run(), None, {}, None, failure="TrainingDiverged: loss became nan in epoch 3")
     assert "**Failed**: TrainingDiverged: loss became nan in epoch 3" in text

@@ -148,6 +148,30 @@ def test_a_model_logged_without_limits_gets_the_ingestion_defaults(logged, tmp_p
     assert f"below ingestion.min_side = {min_side}" in _refusal(predict, np.zeros((1, 8, 8, 3), np.uint8))
 
 
+def test_a_model_logged_with_flip_averages_each_photo_with_its_mirror_image(logged, tmp_path):
+    _, _, model = logged
+    model.save(tmp_path / "classifier.keras")
+    (tmp_path / "classes.json").write_text(
+        json.dumps({"class_names": CLASSES, "input_size": SIZE, "tta": "flip"})
+    )
+    context = SimpleNamespace(
+        artifacts={
+            "keras_model": str(tmp_path / "classifier.keras"),
+            "classes": str(tmp_path / "classes.json"),
+        },
+        model_config={},
+    )
+    pyfunc = ImageClassifierModel()
+    pyfunc.load_context(context)
+    batch = np.stack([_photos()[2], _photos()[2][:, ::-1]])
+    served = pyfunc.predict(context, batch).iloc[:, 1:].to_numpy()
+    plain, mirror = model.predict(batch, verbose=0), model.predict(batch[:, :, ::-1], verbose=0)
+    np.testing.assert_allclose(served, (plain + mirror) / 2, atol=1e-6)
+    # A photo and its mirror image get the same answer; without the flip they did not.
+    np.testing.assert_allclose(served[0], served[1], atol=1e-6)
+    assert not np.allclose(plain[0], plain[1], atol=1e-4)
+
+
 def test_pixels_must_be_whole_numbers_from_0_to_255(logged):
     uri, model_uri, _ = logged
     mlflow.set_tracking_uri(uri)

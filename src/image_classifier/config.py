@@ -189,23 +189,34 @@ class TrainingParams(_Strict):
 
 class FineTuningParams(_Strict):
     enabled: bool = True
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(
+        12, ge=1, description="the most epochs; early stopping on validation loss decides how many run"
+    )
     unfreeze_layers: int = Field(40, ge=0)
     learning_rate: float = Field(1e-4, gt=0)
-    warmup_epochs: float = Field(
-        0.5, ge=0.0, description="linear warm-up to learning_rate, then cosine decay"
+    warmup_epochs: float = Field(0.5, ge=0.0, description="linear warm-up from a tenth of learning_rate")
+    schedule: Literal["plateau", "cosine"] = Field(
+        "plateau",
+        description="after the warm-up: plateau (hold, cut when validation loss stalls) or cosine over epochs",
     )
     batch_size: int = Field(32, ge=1)
-    patience: int = Field(2, ge=1)
+    patience: int = Field(
+        2,
+        ge=1,
+        description="epochs without a better validation loss (or none better than the frozen model's)",
+    )
     strategy: Literal["auto", "default", "mirrored"] = _not_in_fingerprint(
         "auto", description="auto: MirroredStrategy when several GPUs are visible, else the default device"
     )
 
 
 class EvaluationParams(_Strict):
-    AFFECTS_MODEL: ClassVar[bool] = False
-
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = _not_in_fingerprint(64, ge=1)
+    tta: Literal["auto", "none", "flip"] = Field(
+        "auto",
+        description="test-time augmentation inside the logged model: flip averages each photo with its "
+        "mirror image; auto uses flip when it scores higher on validation",
+    )
 
 
 class ConvBlockParams(_Strict):

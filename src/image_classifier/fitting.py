@@ -39,13 +39,64 @@ def history_metrics(history: dict[str, list[float]], prefix: str) -> dict[str, l
     }
 
 
-def fit_callbacks(patience: int, learning_rate: str) -> list[keras.callbacks.Callback]:
-    """Early stopping on validation loss (the best epoch's weights are kept), and a hard stop
-    when the loss becomes NaN or infinite; ``learning_rate`` names the parameter to lower."""
-    return [
-        keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True),
-        _FailOnNonFiniteLoss(learning_rate),
-    ]
+def fit_callbacks(
+    patience: int, learning_rate: str, baseline: float | None = None
+) -> list[keras.callbacks.Callback]:
+    """Early stopping on validation loss that keeps the best epoch's weights (the first callback),
+    and a hard stop when the loss becomes NaN or infinite; ``learning_rate`` names the parameter
+    to lower. With a ``baseline`` loss, see ``BestEpoch``."""
+    return [BestEpoch(patience, baseline), _FailOnNonFiniteLoss(learning_rate)]
+
+
+class BestEpoch(keras.callbacks.Callback):
+    """Stops after ``patience`` epochs without a better validation loss and restores the best
+    epoch's weights, like Keras' EarlyStopping. An epoch that does not get below ``baseline``
+    (the loss of the model before this fit) counts against the patience even when it beats the
+    epoch before: Keras' own callback keeps going as long as each epoch improves on the last,
+    so a fit that never reaches the baseline could run to its last epoch."""
+
+    def __init__(self, patience: int, baseline: float | None = None):
+        super().__init__()
+        self._patience, self._baseline = patience, baseline
+        self.best_epoch = 0
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self._best, self._best_weights, self._wait = math.inf, None, 0
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if "val_loss" not in (logs or {}):  # no validation photos: nothing to stop on
+            return
+        current = float(logs["val_loss"])
+        improved = current < self._best
+        if improved:
+            self._best, self.best_epoch, self._best_weights = current, epoch, self.model.get_weights()
+        if improved and (self._baseline is None or current < self._baseline):
+            self._wait = 0
+            return
+        self._wait += 1
+        if self._wait >= self._patience:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+        if self._best_weights is not None:
+            self.model.set_weights(self._best_weights)
+
+
+class WarmUp(keras.callbacks.Callback):
+    """A linear ramp of the learning rate from a tenth of ``peak`` to ``peak`` over the first
+    ``steps`` batches, then left alone (for ReduceLROnPlateau to lower). The first steps of a
+    freshly unfrozen trunk must be small, and a plateau schedule, unlike a cosine, needs no
+    known number of epochs."""
+
+    def __init__(self, peak: float, steps: int):
+        super().__init__()
+        self._peak, self._steps, self._step = peak, steps, 0
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        if self._step <= self._steps:
+            fraction = self._step / self._steps if self._steps else 1.0
+            self.model.optimizer.learning_rate.assign(self._peak * (0.1 + 0.9 * fraction))
+            self._step += 1
 
 
 class _FailOnNonFiniteLoss(keras.callbacks.Callback):

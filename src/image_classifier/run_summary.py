@@ -82,6 +82,9 @@ def describe(
         found = [f"{label} {metrics[key]:.4g}" for label, key in keys.items() if key in metrics]
         if found:
             lines.append(f"- **{group}**: {', '.join(found)}")
+    choice = _final_model_line(metrics)
+    if choice:
+        lines.append(choice)
     data = _data_line(run["tags"].get("dataset_digest"), split_counts, metrics)
     if data:
         lines.append(f"\n**Data** {data}")
@@ -95,6 +98,22 @@ def describe(
         lines.append(f"\n**Since the previous run of this pipeline** ({previous['name']}, {when} UTC):")
         lines += [f"- {change}" for change in changes(run, previous)]
     return "\n".join(lines) + "\n"
+
+
+def _final_model_line(metrics: Mapping[str, float]) -> str | None:
+    """Which model fine-tuning left as final, when it ran."""
+    kept = metrics.get("diagnostics/finetune.kept")
+    if kept is None:
+        return None
+    if kept:
+        return (
+            f"- **final model is the fine-tuned one**: epoch {metrics['diagnostics/finetune.best_epoch']:.0f} "
+            f"of {metrics['diagnostics/finetune.epochs_run']:.0f}"
+        )
+    return (
+        "- **final model is the frozen backbone + head**: fine-tuning reached validation "
+        f"{metrics['finetune.val_accuracy']:.4g}, not above its {metrics['diagnostics/finetune.frozen_val_accuracy']:.4g}"
+    )
 
 
 def changes(run: Mapping[str, Any], previous: Mapping[str, Any]) -> list[str]:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from image_classifier import tta
 from image_classifier.config import IngestionParams
 from image_classifier.images import UnusableImage, decode_rgb, resize
 
@@ -216,6 +217,7 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
         self._class_names = list(config["class_names"])
         self._input_size = int(config["input_size"])
         self._batch_size = int(config.get("batch_size", 32))
+        self._tta = config.get("tta", "none")  # models logged before test-time augmentation: none
         limits = serving_limits(config.get("limits"))
         # An image as big as the model's input is never too small, whatever ingestion.min_side
         # says: the inference pipeline hands the model images it resized to exactly that size.
@@ -228,5 +230,5 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         images = as_batch(model_input, self._input_size, self._limits)
-        probabilities = self._model.predict(images, batch_size=self._batch_size, verbose=0)
+        probabilities = tta.predict(self._model, images, self._tta, self._batch_size)
         return predictions_frame(probabilities, self._class_names)

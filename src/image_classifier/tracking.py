@@ -76,17 +76,19 @@ def log_classifier(
     name: str = "model",
     registered_model_name: str | None = REGISTERED_MODEL_NAME,
     limits: dict[str, int] | None = None,
+    tta: str = "none",
 ) -> mlflow.models.model.ModelInfo:
     """Log ``model`` in the active run as a pyfunc (and register it when a name is given).
 
     ``limits`` (``max_pixels``, ``min_side``, ``max_file_bytes``: ingestion's) are the guards the
-    served model applies to every request; missing ones are ingestion's defaults.
+    served model applies to every request; missing ones are ingestion's defaults. ``tta`` is the
+    test-time augmentation it predicts with (``tta.MODES``).
     """
     # MLflow logs a model's model_config as run parameters: only the limits go there, because a
     # server may tighten them at load time (model_config overrides); the rest is an artifact, so
     # that the run's parameters do not repeat backbone.input_size and the class names.
     model_config = {"limits": serving_limits(limits).model_dump(include=set(LIMIT_KEYS))}
-    described = {"class_names": list(class_names), "input_size": int(input_size)}
+    described = {"class_names": list(class_names), "input_size": int(input_size), "tta": tta}
     package = Path(image_classifier.__file__).parent
     with tempfile.TemporaryDirectory() as scratch:
         keras_path = Path(scratch) / "classifier.keras"

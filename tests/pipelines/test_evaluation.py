@@ -18,8 +18,7 @@ PREDICTIONS = pd.DataFrame(
         "confidence": [0.9] * 4,
     }
 )
-# A fine-tuning history; fine-tuning that was switched off leaves an empty one.
-FINETUNED = {"loss": [0.5], "val_loss": [0.6]}
+FINETUNED = {"final_model": "fine-tuned", "best_epoch": 1, "epochs_run": 1}
 
 
 def test_scores_and_report():
@@ -27,22 +26,30 @@ def test_scores_and_report():
     assert metrics["test_accuracy"]["value"] == 0.75 == metrics["finetune.test_accuracy"]["value"]
     assert round(metrics["test_macro_f1"]["value"], 4) == round((2 / 3 + 0.8) / 2, 4)
     assert report["per_class"]["x"] == {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
-    metrics, _ = score(PREDICTIONS, ["x", "y"], {})
-    assert "finetune.test_accuracy" not in metrics
+    # Fine-tuning switched off, or beaten by the frozen model: the head's model is final.
+    for outcome in (
+        {"final_model": "head", "reason": "fine_tuning.enabled is false"},
+        {"final_model": "head"},
+    ):
+        metrics, _ = score(PREDICTIONS, ["x", "y"], outcome)
+        assert "finetune.test_accuracy" not in metrics and metrics["test_accuracy"]["value"] == 0.75
 
 
 def test_plots_are_figures_with_content(tmp_path):
     figure = plot_confusion_matrix(PREDICTIONS, ["x", "y"])
     assert "0.750" in figure.axes[0].get_title()
     assert [t.get_text() for t in figure.axes[0].texts] == ["1", "1", "0", "2"]
-    curves = plot_training_curves({"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]}, {"loss": [0.4]})
+    curves = plot_training_curves({"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]}, {"loss": [0.4]}, FINETUNED)
+    assert curves.texts[0].get_text() == "final model: fine-tuned, epoch 1 of 1"
     lines = curves.axes[0].lines
-    assert len(lines) == 3
+    assert len(lines) == 4 and list(lines[3].get_xdata()) == [3, 3]  # the epoch kept
     # A one-epoch series is drawn as a visible point, and epochs are counted 1, 2, 3.
     assert lines[2].get_marker() == "o" and list(lines[2].get_xdata()) == [3]
     curves.canvas.draw()
     ticks = [t for t in curves.axes[0].get_xticks() if 1 <= t <= 3]
     assert ticks and all(float(t).is_integer() for t in ticks)
+    beaten = plot_training_curves({"loss": [1.0]}, {"loss": [0.4, 0.5]}, {"final_model": "head"})
+    assert "did not beat it" in beaten.texts[0].get_text() and len(beaten.axes[0].lines) == 2
     plt.close("all")
 
 

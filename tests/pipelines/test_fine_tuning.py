@@ -2,9 +2,11 @@ import keras
 import numpy as np
 import pytest
 
-from image_classifier.backbones import load_pretrained
+from image_classifier.backbones import get_spec, load_pretrained
+from image_classifier.config import IngestionParams
 from image_classifier.datasets import ImageFolderDataset
-from image_classifier.models import classifier_head
+from image_classifier.loading import ViewLoader
+from image_classifier.models import classifier_head, feature_extractor, full_classifier
 from image_classifier.pipelines.fine_tuning.nodes import fine_tune
 from image_classifier.pipelines.ingestion.nodes import class_names, index_images
 
@@ -22,18 +24,34 @@ def inputs(tiny_demo, tmp_path_factory):
     return raw, index, class_names(index), backbone
 
 
-def _run(inputs, enabled):
+def _run(inputs, enabled, head=None, **tuning):
     raw, index, names, backbone = inputs
-    head = classifier_head(1280, len(names), 0.2, seed=1)
+    head = head or classifier_head(1280, len(names), 0.2, seed=1)
     # A higher rate than the default, so that a few steps from an untrained head beat chance.
-    tuning = {"enabled": enabled, "epochs": 2, "unfreeze_layers": 5, "learning_rate": 1e-3, "batch_size": 8}
+    tuning = {
+        "enabled": enabled,
+        "epochs": 2,
+        "unfreeze_layers": 5,
+        "learning_rate": 1e-3,
+        "batch_size": 8,
+        **tuning,
+    }
     training = {"label_smoothing": 0.1, "class_weight": "balanced"}
     return fine_tune(head, index, raw, {}, names, backbone, tuning, training, AUGMENTATION, 2, 0, "digest")
 
 
+def _photos(inputs, split):
+    raw, index, names, _ = inputs
+    rows = index[index["split"] == split]
+    loader = ViewLoader(raw, IngestionParams(), 64)
+    images = np.stack([loader(path, sha, 0) for path, sha in zip(rows["path"], rows["sha256"], strict=True)])
+    return images, rows["label"].map({name: i for i, name in enumerate(names)}).to_numpy()
+
+
 def test_disabled_returns_the_untrained_raw_image_model(inputs):
-    model, metrics, history = _run(inputs, enabled=False)
+    model, metrics, history, outcome = _run(inputs, enabled=False)
     assert metrics == {} and history == {}
+    assert outcome == {"final_model": "head", "reason": "fine_tuning.enabled is false"}
     # Raw uint8 photos of any size go straight in: preprocessing is part of the model.
     for shape in ((1, 120, 90, 3), (2, 50, 70, 3)):
         probabilities = model.predict(np.zeros(shape, np.uint8), verbose=0)
@@ -41,10 +59,41 @@ def test_disabled_returns_the_untrained_raw_image_model(inputs):
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_a_fine_tuning_that_cannot_help_costs_patience_epochs_and_the_frozen_model_is_final(inputs):
+    """A head trained on the frozen features, then a rate that wrecks the trunk: no epoch beats
+    the frozen model, so fine-tuning stops after ``patience`` of its 8 epochs, and the model
+    returned is the frozen backbone with that head, weight for weight."""
+    raw, index, names, backbone = inputs
+    extractor = feature_extractor(
+        load_pretrained("mobilenet_v2", 64, backbone["cache_dir"]), get_spec("mobilenet_v2"), 64
+    )
+    images, labels = _photos(inputs, "train")
+    head = classifier_head(1280, len(names), 0.0, seed=1)
+    head.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    head.fit(extractor.predict(images, verbose=0), labels, epochs=40, verbose=0)
+    frozen = full_classifier(extractor, head)
+    validation, _ = _photos(inputs, "validation")
+
+    model, metrics, history, outcome = _run(inputs, True, head=head, epochs=8, learning_rate=0.5, patience=2)
+    assert outcome["final_model"] == "head" and outcome["epochs_run"] == 2
+    assert outcome["fine_tuned"]["loss"] > outcome["frozen"]["loss"]
+    assert metrics["diagnostics/finetune.kept"]["value"] == 0.0
+    assert metrics["diagnostics/finetune.epochs_run"]["value"] == 2
+    assert len(history["loss"]) == 2
+    # Warmed up to the peak within the first epoch, then held (each epoch improved on the last).
+    assert history["learning_rate"] == pytest.approx([0.5, 0.5])
+    np.testing.assert_allclose(
+        model.predict(validation, verbose=0), frozen.predict(validation, verbose=0), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_enabled_trains_only_top_layers_and_keeps_batchnorm_frozen(inputs):
-    model, metrics, history = _run(inputs, enabled=True)
+    model, metrics, history, outcome = _run(inputs, enabled=True)
     # Chance is 1/3; 12 or more right of 24 happens by chance about 4% of the time.
     assert metrics["finetune.val_accuracy"]["value"] >= 0.5
+    # From an untrained head, the frozen model is at chance: the fine-tuned one is final.
+    assert outcome["final_model"] == "fine-tuned" and metrics["diagnostics/finetune.kept"]["value"] == 1.0
+    assert outcome["fine_tuned"]["accuracy"] > outcome["frozen"]["accuracy"]
     assert [p["step"] for p in metrics["history/finetune.loss"]] == [0, 1]
     trunk = model.get_layer("mobilenet_v2_features").get_layer("mobilenet_v2")
     trainable = [layer for layer in trunk.layers if layer.trainable and layer.weights]

@@ -47,6 +47,7 @@ class MlflowClassifierDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
             self._name,
             self._registered_model_name,
             limits=data.get("limits"),
+            tta=data.get("tta", "none"),
         )
         record = {
             "run_id": mlflow.active_run().info.run_id,

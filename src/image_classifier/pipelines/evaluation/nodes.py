@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,73 @@ from image_classifier.tracking import scalar_metrics
 logger = logging.getLogger(__name__)
 
 
+def _split_batches(
+    split: str,
+    image_index: pd.DataFrame,
+    raw_images: ImageFolder,
+    ingestion: dict[str, Any],
+    backbone: dict[str, Any],
+    batch_size: int,
+    workers: int,
+) -> tuple[pd.DataFrame, Iterator[np.ndarray]]:
+    """The rows of ``split`` and their photos in batches, as the model sees them, with a bar."""
+    from image_classifier.loading import ViewLoader, iter_batches
+
+    rows = image_index.loc[image_index["split"] == split]
+    items = list(zip(rows["path"], rows["sha256"], [0] * len(rows), strict=True))
+    loader = ViewLoader(raw_images, IngestionParams(**ingestion), BackboneParams(**backbone).input_size)
+    return rows, counted(
+        iter_batches(items, loader, batch_size, workers), len(items), f"evaluation ({split})"
+    )
+
+
+def choose_tta(
+    classifier_model: KerasModel,
+    image_index: pd.DataFrame,
+    raw_images: ImageFolder,
+    ingestion: dict[str, Any],
+    class_names: list[str],
+    backbone: dict[str, Any],
+    evaluation: dict[str, Any],
+    workers: int,
+    params_digest: str,
+) -> tuple[str, dict[str, Any]]:
+    """The test-time augmentation the logged model will use: ``evaluation.tta``, or with ``auto``
+    ``flip`` when it scores higher than the plain photo on the validation split."""
+    from image_classifier import tta
+
+    params = EvaluationParams(**evaluation)
+    if params.tta != "auto":
+        return params.tta, {}
+    _require_current(classifier_model, image_index, params_digest)
+    rows, batches = _split_batches(
+        "validation", image_index, raw_images, ingestion, backbone, params.batch_size, workers
+    )
+    plain, flipped = [], []
+    for batch in batches:
+        probabilities = classifier_model.predict_on_batch(batch)
+        plain.append(probabilities)
+        flipped.append(tta.averaged(probabilities, classifier_model.predict_on_batch(tta.mirrored(batch))))
+    truth = rows["label"].map({name: i for i, name in enumerate(class_names)}).to_numpy()
+    accuracy = {
+        mode: float((np.concatenate(found).argmax(axis=1) == truth).mean()) if found else 0.0
+        for mode, found in (("none", plain), ("flip", flipped))
+    }
+    chosen = "flip" if accuracy["flip"] > accuracy["none"] else "none"
+    logger.info(
+        "Test-time augmentation: validation accuracy %.4f plain, %.4f with the mirror image: %s",
+        accuracy["none"],
+        accuracy["flip"],
+        "flip" if chosen == "flip" else "none (flip does not help)",
+    )
+    metrics = {
+        "diagnostics/evaluation.val_accuracy": accuracy["none"],
+        "diagnostics/evaluation.val_accuracy_flip": accuracy["flip"],
+        "diagnostics/evaluation.tta_flip": float(chosen == "flip"),
+    }
+    return chosen, scalar_metrics(metrics)
+
+
 def predict_test(
     classifier_model: KerasModel,
     image_index: pd.DataFrame,
@@ -31,18 +99,18 @@ def predict_test(
     evaluation: dict[str, Any],
     workers: int,
     params_digest: str,
+    tta_mode: str,
 ) -> pd.DataFrame:
-    """Test-split predictions of the final model: path, true label, predicted label, confidence."""
-    from image_classifier.loading import ViewLoader, iter_batches
+    """Test-split predictions of the final model, with its test-time augmentation: path, true
+    label, predicted label, confidence."""
+    from image_classifier import tta
 
     _require_current(classifier_model, image_index, params_digest)
-    size = BackboneParams(**backbone).input_size
     batch_size = EvaluationParams(**evaluation).batch_size
-    test = image_index.loc[image_index["split"] == "test"]
-    items = list(zip(test["path"], test["sha256"], [0] * len(test), strict=True))
-    loader = ViewLoader(raw_images, IngestionParams(**ingestion), size)
-    batches = counted(iter_batches(items, loader, batch_size, workers), len(items), "evaluation")
-    probabilities = np.concatenate([classifier_model.predict_on_batch(batch) for batch in batches])
+    test, batches = _split_batches("test", image_index, raw_images, ingestion, backbone, batch_size, workers)
+    probabilities = np.concatenate(
+        [tta.predict(classifier_model, batch, tta_mode, len(batch)) for batch in batches]
+    )
     return pd.DataFrame(
         {
             "path": test["path"].to_numpy(),
@@ -54,10 +122,11 @@ def predict_test(
 
 
 def score(
-    predictions: pd.DataFrame, class_names: list[str], finetune_history: dict[str, list[float]]
+    predictions: pd.DataFrame, class_names: list[str], fine_tuning_outcome: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Contract metrics of the final model, and a per-class report. The final model's accuracy
-    is also ``finetune.test_accuracy`` when fine-tuning trained it (its history is not empty)."""
+    """Contract metrics of the final model, and a per-class report. When fine-tuning ran, the
+    final model's accuracy is also ``finetune.test_accuracy``: the stage's result, which is the
+    frozen model when fine-tuning did not beat it (``diagnostics/finetune.kept`` says which)."""
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
     truth, predicted = predictions["label"], predictions["predicted"]
@@ -75,7 +144,7 @@ def score(
         },
     }
     metrics = scalar_metrics({"test_accuracy": accuracy, "test_macro_f1": macro_f1})
-    if finetune_history:
+    if "epochs_run" in fine_tuning_outcome:
         metrics.update(scalar_metrics({"finetune.test_accuracy": accuracy}))
     logger.info(
         "Final model on %d test images: accuracy %.4f, macro-F1 %.4f", len(predictions), accuracy, macro_f1
@@ -152,10 +221,13 @@ def plot_confusion_matrix(predictions: pd.DataFrame, class_names: list[str]) -> 
 
 
 def plot_training_curves(
-    head_history: dict[str, list[float]], finetune_history: dict[str, list[float]]
+    head_history: dict[str, list[float]],
+    finetune_history: dict[str, list[float]],
+    fine_tuning_outcome: dict[str, Any],
 ) -> Figure:
     """Loss and accuracy per epoch (1, 2, ...); fine-tuning epochs continue after the head's.
-    Each epoch is a marker: a one-epoch series is a point, not an invisible line."""
+    Each epoch is a marker: a one-epoch series is a point, not an invisible line. The title says
+    which model is final, and a dotted line marks the fine-tuning epoch kept."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -174,11 +246,23 @@ def plot_training_curves(
                         markersize=3,
                         label=f"{stage} {name or 'train_'}{metric}",
                     )
+    final = fine_tuning_outcome["final_model"]
     for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        if final == "fine-tuned":
+            axes.axvline(
+                offset + fine_tuning_outcome["best_epoch"], color="grey", linestyle=":", label="kept"
+            )
         axes.set(xlabel="epoch", ylabel=metric, title=metric)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         if axes.lines:
             axes.legend(fontsize="small")
+    if final == "fine-tuned":
+        title = f"final model: fine-tuned, epoch {fine_tuning_outcome['best_epoch']} of {fine_tuning_outcome['epochs_run']}"
+    elif finetune_history:
+        title = "final model: frozen backbone + head (fine-tuning did not beat it on validation)"
+    else:
+        title = "final model: frozen backbone + head (fine-tuning off)"
+    figure.suptitle(title)
     figure.tight_layout()
     return figure
 
@@ -190,14 +274,17 @@ def model_for_registry(
     backbone: dict[str, Any],
     ingestion: dict[str, Any],
     params_digest: str,
+    tta_mode: str,
 ) -> dict[str, Any]:
-    """What the registered pyfunc needs: the model, its class order, its input size, and the
-    guards it applies to the files it is sent (the ones ingestion applied to the training set)."""
+    """What the registered pyfunc needs: the model, its class order, its input size, its
+    test-time augmentation, and the guards it applies to the files it is sent (the ones
+    ingestion applied to the training set)."""
     _require_current(classifier_model, image_index, params_digest)
     return {
         "model": classifier_model,
         "class_names": class_names,
         "input_size": BackboneParams(**backbone).input_size,
+        "tta": tta_mode,
         "limits": ingestion,  # the logged model keeps the limits it serves with
     }
 

@@ -1,6 +1,7 @@
 from kedro.pipeline import Pipeline, node
 
 from image_classifier.pipelines.evaluation.nodes import (
+    choose_tta,
     model_for_registry,
     per_class_table,
     plot_confusion_matrix,
@@ -10,29 +11,33 @@ from image_classifier.pipelines.evaluation.nodes import (
     score,
 )
 
+# What every node that runs the classifier on a split reads.
+_SCORING_INPUTS = (
+    "classifier_model",
+    "image_index",
+    "raw_images",
+    "params:ingestion",
+    "class_names",
+    "params:backbone",
+    "params:evaluation",
+    "params:loading.workers",
+    "params_digest",
+)
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             node(
-                predict_test,
-                [
-                    "classifier_model",
-                    "image_index",
-                    "raw_images",
-                    "params:ingestion",
-                    "class_names",
-                    "params:backbone",
-                    "params:evaluation",
-                    "params:loading.workers",
-                    "params_digest",
-                ],
-                "test_predictions",
-                name="predict_test",
+                choose_tta,
+                [*_SCORING_INPUTS],
+                ["tta_mode", "tta_metrics"],
+                name="choose_tta",
             ),
+            node(predict_test, [*_SCORING_INPUTS, "tta_mode"], "test_predictions", name="predict_test"),
             node(
                 score,
-                ["test_predictions", "class_names", "finetune_history"],
+                ["test_predictions", "class_names", "fine_tuning_outcome"],
                 ["evaluation_metrics", "classification_report"],
                 name="score",
             ),
@@ -51,7 +56,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 plot_training_curves,
-                ["head_history", "finetune_history"],
+                ["head_history", "finetune_history", "fine_tuning_outcome"],
                 "training_curves_plot",
                 name="plot_training_curves",
             ),
@@ -64,6 +69,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:backbone",
                     "params:ingestion",
                     "params_digest",
+                    "tta_mode",
                 ],
                 "registered_model",
                 name="register_model",

@@ -22,6 +22,9 @@ from image_classifier.tracking import scalar_metrics
 
 logger = logging.getLogger(__name__)
 
+# ReduceLROnPlateau's cut when validation loss stalls for an epoch; at most three cuts.
+_PLATEAU_FACTOR = 0.3
+
 
 def fine_tune(
     head_model: KerasModel,
@@ -36,8 +39,15 @@ def fine_tune(
     workers: int,
     seed: int,
     params_digest: str,
-) -> tuple[KerasModel, dict[str, Any], dict[str, list[float]]]:
-    """Return the full raw-image classifier, fine-tuned unless ``fine_tuning.enabled`` is false.
+) -> tuple[KerasModel, dict[str, Any], dict[str, list[float]], dict[str, Any]]:
+    """Return the final raw-image classifier, its metrics, the fine-tuning history and the
+    outcome: which model is final and why.
+
+    Fine-tuning runs up to ``epochs`` epochs and stops when validation loss has not improved for
+    ``patience`` epochs, keeping the best epoch; epochs that never beat the frozen model's loss
+    count against the patience, so a fine-tuning that cannot help costs ``patience`` epochs. The
+    final model is the fine-tuned one only if it beats the frozen backbone with the trained head
+    on validation accuracy (then loss); otherwise it is that frozen model.
 
     ``training`` is the head's recipe: fine-tuning keeps its label smoothing and class weights.
     The model is stamped with the fingerprint of this run's data and parameters, which
@@ -72,7 +82,8 @@ def fine_tune(
         logger.info("Fine-tuning disabled: the final model is the backbone with the trained head")
         trunk = load_pretrained(spec.name, size, backbone_params.cache_dir, backbone_params.weights)
         model = full_classifier(feature_extractor(trunk, spec, size), head_model)
-        return stamp(model, fingerprint(image_index, params_digest)), {}, {}
+        outcome = {"final_model": "head", "reason": "fine_tuning.enabled is false"}
+        return stamp(model, fingerprint(image_index, params_digest)), {}, {}, outcome
 
     seed_everything(seed)
     transforms = tuple(t.model_dump() for t in AugmentationParams(**augmentation).transforms)
@@ -99,18 +110,25 @@ def fine_tune(
         head = keras.models.clone_model(head_model)
         head.set_weights(head_model.get_weights())
         model = full_classifier(feature_extractor(trunk, spec, size), head)
+        compile_classifier(model, params.learning_rate, head_params.label_smoothing)
+    # The model fine-tuning must beat: the frozen backbone with the trained head, scored on the
+    # same validation photos through the same path.
+    frozen = _validation_scores(model, validation)
+    frozen_weights = model.get_weights()
+    with training_strategy(params.strategy).scope():
         unfrozen = unfreeze_top(trunk, params.unfreeze_layers, spec.tunable)
-        warmup = int(params.warmup_epochs * len(train))
-        # Warm up from a tenth of the rate, so that the first steps of a freshly unfrozen trunk
-        # are small, then decay along a cosine to zero by the last epoch.
-        schedule = keras.optimizers.schedules.CosineDecay(
-            params.learning_rate / 10,
-            decay_steps=max(len(train) * params.epochs - warmup, 1),
-            warmup_target=params.learning_rate,
-            warmup_steps=warmup,
-        )
-        compile_classifier(model, schedule, head_params.label_smoothing)
-    logger.info("Fine-tuning %d backbone layers for up to %d epochs", unfrozen, params.epochs)
+        learning_rate, schedule_callbacks = _schedule(params, len(train))
+        compile_classifier(model, learning_rate, head_params.label_smoothing)
+    logger.info(
+        "Fine-tuning %d backbone layers for up to %d epochs (%s schedule); the frozen model scores "
+        "val_loss %.4f, val_accuracy %.4f",
+        unfrozen,
+        params.epochs,
+        params.schedule,
+        frozen["loss"],
+        frozen["accuracy"],
+    )
+    stopping = fit_callbacks(params.patience, "fine_tuning.learning_rate", baseline=frozen["loss"])
     fit = model.fit(
         train,
         validation_data=validation,
@@ -118,14 +136,75 @@ def fine_tune(
         class_weight=class_weights(labels.argmax(axis=1), len(class_names), head_params.class_weight),
         callbacks=[
             ImageProgress(len(paths), params.batch_size, "fine-tuning"),
-            *fit_callbacks(params.patience, "fine_tuning.learning_rate"),
+            *schedule_callbacks,
+            *stopping,
         ],
         verbose=0,
     )
-    val_accuracy = float(model.evaluate(validation, verbose=0, return_dict=True)["accuracy"])
-    logger.info("Fine-tuned: val_accuracy %.4f", val_accuracy)
+    tuned = _validation_scores(model, validation)
+    kept = (tuned["accuracy"], -tuned["loss"]) > (frozen["accuracy"], -frozen["loss"])
+    epochs_run, best_epoch = len(fit.history["loss"]), stopping[0].best_epoch + 1
+    if kept:
+        logger.info(
+            "Fine-tuned: val_accuracy %.4f (epoch %d of %d)", tuned["accuracy"], best_epoch, epochs_run
+        )
+    else:
+        model.set_weights(frozen_weights)
+        logger.info(
+            "Fine-tuning reached val_accuracy %.4f, not above the frozen model's %.4f: the final model "
+            "is the backbone with the trained head",
+            tuned["accuracy"],
+            frozen["accuracy"],
+        )
     metrics = {
         **history_metrics(fit.history, "finetune"),
-        **scalar_metrics({"finetune.val_accuracy": val_accuracy}),
+        **scalar_metrics(
+            {
+                "finetune.val_accuracy": tuned["accuracy"],
+                "diagnostics/finetune.frozen_val_accuracy": frozen["accuracy"],
+                "diagnostics/finetune.kept": float(kept),
+                "diagnostics/finetune.best_epoch": best_epoch,
+                "diagnostics/finetune.epochs_run": epochs_run,
+            }
+        ),
     }
-    return stamp(model, fingerprint(image_index, params_digest)), metrics, plain_history(fit)
+    outcome = {
+        "final_model": "fine-tuned" if kept else "head",
+        "frozen": frozen,
+        "fine_tuned": tuned,
+        "best_epoch": best_epoch,
+        "epochs_run": epochs_run,
+    }
+    return stamp(model, fingerprint(image_index, params_digest)), metrics, plain_history(fit), outcome
+
+
+def _validation_scores(model: KerasModel, validation: Any) -> dict[str, float]:
+    scores = model.evaluate(validation, verbose=0, return_dict=True)
+    return {"loss": float(scores["loss"]), "accuracy": float(scores["accuracy"])}
+
+
+def _schedule(params: FineTuningParams, steps_per_epoch: int) -> tuple[Any, list[Any]]:
+    """The optimizer's learning rate and the callbacks that move it.
+
+    Both warm up from a tenth of the rate, so that the first steps of a freshly unfrozen trunk are
+    small. ``plateau`` then holds the rate and cuts it when validation loss stalls, which needs no
+    known run length; ``cosine`` decays to zero by the last of ``epochs``, so an early stop ends
+    it at a rate still high.
+    """
+    import keras
+
+    from image_classifier.fitting import WarmUp
+
+    warmup = int(params.warmup_epochs * steps_per_epoch)
+    if params.schedule == "cosine":
+        cosine = keras.optimizers.schedules.CosineDecay(
+            params.learning_rate / 10,
+            decay_steps=max(steps_per_epoch * params.epochs - warmup, 1),
+            warmup_target=params.learning_rate,
+            warmup_steps=warmup,
+        )
+        return cosine, []
+    plateau = keras.callbacks.ReduceLROnPlateau(
+        "val_loss", factor=_PLATEAU_FACTOR, patience=1, min_lr=params.learning_rate * _PLATEAU_FACTOR**3
+    )
+    return params.learning_rate / 10, [WarmUp(params.learning_rate, warmup), plateau]

@@ -22,7 +22,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:seed",
                     "params_digest",
                 ],
-                ["classifier_model", "finetune_metrics", "finetune_history"],
+                ["classifier_model", "finetune_metrics", "finetune_history", "fine_tuning_outcome"],
                 name="fine_tune",
             ),
         ],
