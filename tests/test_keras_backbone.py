@@ -20,6 +20,7 @@ RUN_PARAMS = {
     "fine_tuning.epochs": 1,
     "fine_tuning.unfreeze_layers": 4,
     "augmentation.views": 2,
+    "evaluation.tta": "none",
 }
 
 

@@ -23,6 +23,7 @@ RUN_PARAMS = {
     "training.epochs": 3,
     "fine_tuning.enabled": False,
     "augmentation.views": 1,
+    "evaluation.tta": "none",
     # 72 images at 96 px: quicker on TensorFlow than converting the backbone for ONNX Runtime first.
     "features.engine": "tensorflow",
 }

@@ -28,12 +28,14 @@ FLAT_PARAMS = {
     "training.epochs": 2,
     "fine_tuning.enabled": False,
     "augmentation.views": 1,
+    "evaluation.tta": "none",
 }
 PARAMS = {
     "backbone": {"input_size": 64},
     "training": {"epochs": 1},
     "fine_tuning": {"enabled": False},
     "augmentation": {"views": 1},
+    "evaluation": {"tta": "none"},
 }
 
 
@@ -98,7 +100,7 @@ def test_two_runs_at_once_from_two_machines_are_both_recorded(server, tmp_path, 
     uri, _ = server
     client = mlflow.MlflowClient(uri)
     versions_before = len(client.search_model_versions("name='image_classifier'"))
-    dotted = "backbone.input_size=64,training.epochs=1,fine_tuning.enabled=false,augmentation.views=1"
+    dotted = "backbone.input_size=64,training.epochs=1,fine_tuning.enabled=false,augmentation.views=1,evaluation.tta=none"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     env["MLFLOW_ARTIFACT_LOCATION"] = "mlflow-artifacts:/image_classifier"
     projects = [scratch_project(tmp_path / name, tiny_demo) for name in ("alice", "bob")]

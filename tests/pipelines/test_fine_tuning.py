@@ -37,7 +37,19 @@ def _run(inputs, enabled, head=None, **tuning):
         **tuning,
     }
     training = {"label_smoothing": 0.1, "class_weight": "balanced"}
-    return fine_tune(head, index, raw, {}, names, backbone, tuning, training, AUGMENTATION, 2, 0, "digest")
+    validation = _validation_features(inputs)
+    return fine_tune(
+        head, validation, index, raw, {}, names, backbone, tuning, training, AUGMENTATION, 2, 0, "digest"
+    )
+
+
+def _validation_features(inputs):
+    """What the features stage hands fine-tuning: the validation photos' plain-view features."""
+    images, labels = _photos(inputs, "validation")
+    extractor = feature_extractor(
+        load_pretrained("mobilenet_v2", 64, inputs[3]["cache_dir"]), get_spec("mobilenet_v2"), 64
+    )
+    return {"features": extractor.predict(images, verbose=0), "labels": labels}
 
 
 def _photos(inputs, split):

@@ -39,6 +39,7 @@ PARAMS = {
     "training": {"epochs": 20},
     "fine_tuning": {"epochs": 1, "unfreeze_layers": 4, "learning_rate": 1e-5},  # gentle on 24 photos
     "augmentation": {"views": 2},
+    "evaluation": {"tta": "none"},
 }
 
 

@@ -10,6 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 fine_tune,
                 [
                     "head_model",
+                    "validation_features",
                     "image_index",
                     "raw_images",
                     "params:ingestion",
