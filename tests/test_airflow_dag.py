@@ -49,7 +49,6 @@ training: {epochs: 1}
 fine_tuning: {enabled: false}
 augmentation: {views: 1}
 features: {engine: tensorflow}
-evaluation: {tta: none}
 """
 
 
