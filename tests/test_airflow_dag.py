@@ -49,6 +49,7 @@ training: {epochs: 1}
 fine_tuning: {enabled: false}
 augmentation: {views: 1}
 features: {engine: tensorflow}
+evaluation: {tta: none}
 """
 
 

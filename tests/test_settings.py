@@ -37,6 +37,14 @@ def test_mlflow_artifact_location_wins_and_only_relative_paths_change(monkeypatc
     assert _artifact_location() == expected
 
 
+def test_a_local_parameter_overrides_one_key_and_keeps_the_rest_of_its_section(tmp_path):
+    project = scratch_project(tmp_path / "project")
+    (project / "conf/local/parameters.yml").write_text("evaluation: {tta: none}\nfine_tuning: {epochs: 2}\n")
+    parameters = OmegaConfigLoader(str(project / "conf"), **CONFIG_LOADER_ARGS)["parameters"]
+    assert parameters["evaluation"] == {"batch_size": 64, "tta": "none"}
+    assert parameters["fine_tuning"]["epochs"] == 2 and parameters["fine_tuning"]["unfreeze_layers"] == 40
+
+
 @pytest.mark.slow
 def test_a_kedro_run_prints_neither_mlflow_warning(tmp_path, tiny_demo):
     """kedro-mlflow's untyped pyfunc made MLflow ask for type hints on every command, and it logged

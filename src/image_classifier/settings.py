@@ -63,4 +63,8 @@ CONFIG_LOADER_ARGS = {
     "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]},
     # oc.env lets mlflow.yml honour MLFLOW_TRACKING_URI; Kedro only enables it for credentials.
     "custom_resolvers": {"oc.env": oc.env, "project_path": _project_path},
+    # conf/local/parameters.yml with `evaluation: {tta: none}` overrides that one key: Kedro's
+    # default (destructive) would drop the section's other keys, and a node reading one of them
+    # (params:evaluation.batch_size) would then fail to start.
+    "merge_strategy": {"parameters": "soft"},
 }

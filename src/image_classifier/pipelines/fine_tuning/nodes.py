@@ -142,9 +142,11 @@ def fine_tune(
         ],
         verbose=0,
     )
-    tuned = _validation_scores(model, validation)
+    # The weights are the best epoch's again: its validation scores are in the history already.
+    best = stopping[0].best_epoch
+    tuned = {name: float(fit.history[f"val_{name}"][best]) for name in ("loss", "accuracy")}
     kept = (tuned["accuracy"], -tuned["loss"]) > (frozen["accuracy"], -frozen["loss"])
-    epochs_run, best_epoch = len(fit.history["loss"]), stopping[0].best_epoch + 1
+    epochs_run, best_epoch = len(fit.history["loss"]), best + 1
     if kept:
         logger.info(
             "Fine-tuned: val_accuracy %.4f (epoch %d of %d)", tuned["accuracy"], best_epoch, epochs_run
@@ -192,11 +194,6 @@ def _frozen_scores(
         keras.utils.to_categorical(labels, num_classes), probabilities
     )
     return {"loss": float(loss), "accuracy": float((probabilities.argmax(axis=1) == labels).mean())}
-
-
-def _validation_scores(model: KerasModel, validation: Any) -> dict[str, float]:
-    scores = model.evaluate(validation, verbose=0, return_dict=True)
-    return {"loss": float(scores["loss"]), "accuracy": float(scores["accuracy"])}
 
 
 def _schedule(params: FineTuningParams, steps_per_epoch: int) -> tuple[Any, list[Any]]:
