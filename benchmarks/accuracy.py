@@ -20,8 +20,10 @@ training photos per class with the full validation and test splits (``per_class2
 variant × backbone × recipe it runs the default pipeline with each seed and prints the head's and
 the final model's validation accuracy (mean ± sd over seeds), the fine-tuning epochs run and the
 wall time. Recipes: ``old`` (4 epochs, cosine schedule, the fine-tuned model always final: the
-default before issue 16) and ``new`` (the current defaults). Recipes are compared on validation
-only; test accuracy is printed for ``new`` alone, the default it reports on.
+default before issue 16), ``new`` (the current defaults) and any given with ``--recipe``
+(the current defaults with some parameters changed). Recipes are compared on validation only;
+test accuracy is printed for one recipe alone (``--test``, default ``new``), the default it
+reports on.
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ def compare_recipes(project: Path, raw: Path, scratch: Path, args: argparse.Name
                     for seed in map(int, args.seeds.split(","))
                 ]
                 epochs = [r["diagnostics/finetune.epochs_run"] for r in runs]
-                test = _mean_sd([r["test_accuracy"] for r in runs]) if recipe == "new" else ""
+                test = _mean_sd([r["test_accuracy"] for r in runs]) if args.test == recipe else ""
                 print(
                     f"{variant:<12} {backbone:<19} {recipe:<7} {_mean_sd([r['head.val_accuracy'] for r in runs])}  "
                     f"{_mean_sd([_final_val(r, recipe) for r in runs])}  {statistics.mean(epochs):9.1f}  "
@@ -167,7 +169,18 @@ def main() -> None:
     )
     parser.add_argument("--backbones", default="mobilenet_v2,efficientnet_lite0,efficientnet_lite2")
     parser.add_argument("--recipes-to-run", default="old,new", help="with --recipes: old, new")
+    parser.add_argument(
+        "--recipe",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="with --recipes: one more recipe, the current defaults with these parameters changed "
+        "(e.g. small:augmentation.views=10); run it by naming it in --recipes-to-run",
+    )
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument(
+        "--test", default="new", help="with --recipes: the one recipe whose test accuracy is printed"
+    )
     args = parser.parse_args()
     raw = _raw_folder()
     with tempfile.TemporaryDirectory(prefix="accuracy-bench-") as scratch:
@@ -176,6 +189,9 @@ def main() -> None:
         os.environ["MLFLOW_ARTIFACT_LOCATION"] = str(project / "mlruns")
         os.chdir(project)
         if args.recipes:
+            for spec in args.recipe:
+                name, _, changes = spec.partition(":")
+                RECIPES[name] = dict(change.split("=", 1) for change in changes.split(",") if change)
             compare_recipes(project, raw, Path(scratch), args)
             return
 

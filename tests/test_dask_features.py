@@ -128,9 +128,11 @@ def test_a_local_cluster_stores_the_local_vectors_even_when_a_worker_is_killed(
     watcher.join(timeout=5)
     assert killed and killed[0] < TOTAL // SHARD, f"no worker killed mid-run: {killed}"
     metrics = result[3]
-    # Dask gave the killed worker's shard to another worker (or to its restarted self).
+    # Dask gave the killed worker's shard to another worker (or to its restarted self). How many
+    # workers reported shards is not fixed: the one killed may have written its shard and died
+    # before reporting it, and the survivor may then take every shard left.
     assert metrics["features.computed"]["value"] == TOTAL
-    assert metrics["diagnostics/features.dask_workers"]["value"] >= 2
+    assert metrics["diagnostics/features.dask_workers"]["value"] >= 1
     _assert_same_as_local(result, store, local)
 
 
