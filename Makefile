@@ -57,8 +57,10 @@ data:
 run: setup data
 	$(BIN)/kedro run
 
-# Everything, as CI runs it.
-test: setup airflow-setup
+# Everything, as CI runs it. The two venvs are independent and pip mostly waits on disk and the
+# index: a fresh clone sets them up side by side.
+test:
+	$(MAKE) -j2 setup airflow-setup
 	$(BIN)/python -m pytest
 
 # The fast tier (under 2 minutes): config, datasets, node units and pipeline wiring; nothing that

@@ -96,14 +96,32 @@ def make_folder(tmp_path):
     return build
 
 
-def scratch_project(root: Path, raw_images: Path | None = None) -> Path:
-    """A copy of the project's config under ``root``, so that runs write nowhere in the checkout."""
+# The converted backbones (Keras weights from the .pth, ONNX and OpenVINO engines) that scratch
+# projects share, as the projects of one machine would: conversion is content-addressed and
+# written aside then renamed, and done once here instead of once per project (about 8 s each).
+_shared_backbones: Path | None = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_backbones(tmp_path_factory) -> Path:
+    global _shared_backbones
+    _shared_backbones = tmp_path_factory.mktemp("shared_backbones")
+    return _shared_backbones
+
+
+def scratch_project(root: Path, raw_images: Path | None = None, own_backbones: bool = False) -> Path:
+    """A copy of the project's config under ``root``, so that runs write nowhere in the checkout.
+    Converted backbones come from the session's shared folder unless ``own_backbones``: a project
+    fresh from a clone, which converts them itself."""
     shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
     (root / "conf" / "local").mkdir()
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
     (root / "src").mkdir()  # Kedro insists on it; the package itself is installed in the venv
     if raw_images is not None:
         shutil.copytree(raw_images, root / "data" / "01_raw" / "images")
+    if not own_backbones and _shared_backbones is not None:
+        (root / "data" / "06_models").mkdir(parents=True)
+        (root / "data" / "06_models" / "backbones").symlink_to(_shared_backbones)
     return root
 
 

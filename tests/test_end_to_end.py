@@ -37,7 +37,7 @@ RUN_PARAMS = {
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_demo):
-    return scratch_project(tmp_path_factory.mktemp("project"), tiny_demo)
+    return scratch_project(tmp_path_factory.mktemp("project"), tiny_demo, own_backbones=True)
 
 
 @pytest.fixture(scope="module")
