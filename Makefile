@@ -58,10 +58,12 @@ run: setup data
 	$(BIN)/kedro run
 
 # Everything, as CI runs it. The two venvs are independent and pip mostly waits on disk and the
-# index: a fresh clone sets them up side by side.
+# index: a fresh clone sets them up side by side. Tests run in TEST_WORKERS processes, a test file
+# to each (its module fixtures stay in one process); TEST_WORKERS=0 runs them in this one.
+TEST_WORKERS ?= 2
 test:
 	$(MAKE) -j2 setup airflow-setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The fast tier (under 2 minutes): config, datasets, node units and pipeline wiring; nothing that
 # trains, converts a network, runs a Kedro session or starts a server.
