@@ -180,6 +180,21 @@ def no_mlflow_run_left_open():
         pytest.fail(f"MLflow run {leaked.info.run_id} was left active")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def tracking_uri_stays_in_its_file():
+    """``mlflow.set_tracking_uri``, which kedro-mlflow calls in in-process sessions, also sets
+    MLFLOW_TRACKING_URI in ``os.environ`` for child processes. Left there, it sent a later test
+    file's ``kedro`` subprocess to this file's stopped server (seen under pytest-xdist, where one
+    process takes files in any order)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    mlflow.set_tracking_uri(before)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture(scope="session")
 def chromium() -> Callable[[str], str]:
     """Headless Chromium: ``chromium(url)`` is the page's DOM once its scripts have run. Installed

@@ -28,6 +28,7 @@ def test_committed_dag_matches_a_fresh_generation(tmp_path):
         [str(kedro), "airflow", "create", "-p", "retraining", "-t", str(target)]
         + ["-j", str(PROJECT_ROOT / "airflow/retraining_dag.j2")],
         cwd=project,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"},
         capture_output=True,
         text=True,
         timeout=300,
