@@ -42,7 +42,7 @@ from image_classifier.runs import (
 
 BIN = Path(sys.executable).parent
 RUN_PARAMS = (
-    "backbone.input_size=96,training.epochs=20,fine_tuning.epochs=1,fine_tuning.unfreeze_layers=4,"
+    "backbone.input_size=96,training.epochs=20,fine_tuning.epochs=1,fine_tuning.min_epoch_images=0,fine_tuning.unfreeze_layers=4,"
     "fine_tuning.learning_rate=1e-5,augmentation.views=2,evaluation.tta=none"
 )
 LOCKED = 75

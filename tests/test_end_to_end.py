@@ -28,6 +28,7 @@ RUN_PARAMS = {
     # Seconds on cached features, and enough for the head to beat chance (1/3) on the tiny set.
     "training.epochs": 20,
     "fine_tuning.epochs": 1,
+    "fine_tuning.min_epoch_images": 0,  # one pass over the few photos: fast
     # A full-rate step over 40 layers on 24 photos is noise: a gentle one keeps the head's accuracy.
     "fine_tuning.unfreeze_layers": 4,
     "fine_tuning.learning_rate": 1e-5,

@@ -1,11 +1,11 @@
-"""fitting.ImageProgress: the bar that replaces Keras' per-epoch line while fine-tuning."""
+"""fitting: the bar that replaces Keras' per-epoch line while fine-tuning, and early stopping."""
 
 import re
 
 import keras
 import numpy as np
 
-from image_classifier.fitting import ImageProgress
+from image_classifier.fitting import BestEpoch, ImageProgress
 
 
 def _bar_lines(stderr: str, desc: str) -> list[str]:
@@ -36,3 +36,53 @@ def test_progress_bar_counts_every_training_image_once_per_epoch(capsys):
         last = [line for line in lines if line.startswith(f"fit epoch {epoch}/2")][-1]
         assert "| 10/10 " in last and "img/s" in last
         assert re.search(r"loss=\d\.\d{4}", last) and "val_accuracy=" in last
+
+
+def _epochs(stopper: BestEpoch, scores: list[tuple[float, float]]) -> int:
+    """Feeds ``stopper`` (val_loss, val_accuracy) per epoch, as ``fit`` would, with a real model
+    whose single weight records the epoch; returns the epochs run before it stopped."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    stopper.set_model(model)
+    model.stop_training = False  # as fit() sets it before the first epoch
+    stopper.on_train_begin()
+    for epoch, (loss, accuracy) in enumerate(scores):
+        model.set_weights([np.full((1, 1), epoch, np.float32)])
+        stopper.on_epoch_end(epoch, {"val_loss": loss, "val_accuracy": accuracy})
+        if model.stop_training:
+            break
+    stopper.on_train_end()
+    assert model.get_weights()[0][0, 0] == stopper.best_epoch
+    return epoch + 1
+
+
+def test_a_fine_tuning_whose_accuracy_climbs_while_its_loss_rises_runs_on_and_keeps_its_best_accuracy():
+    """Seen with 20 training photos per class: the loss never gets back below the frozen model's,
+    but every epoch is more accurate; stopping on loss alone cut it after 2 epochs."""
+    frozen = {"loss": 0.88, "accuracy": 0.68}
+    climbing = [(0.95, 0.66), (0.97, 0.70), (1.00, 0.72), (1.02, 0.74), (1.05, 0.73), (1.06, 0.73)]
+    stopper = BestEpoch(patience=2, baseline=frozen)
+    assert _epochs(stopper, climbing) == 6
+    assert stopper.best_epoch == 3
+    # As accurate as the best epoch and at a lower loss than it: a new best epoch, so progress,
+    # though not the lowest loss so far.
+    stopper = BestEpoch(patience=2, baseline=frozen)
+    tie = [(0.90, 0.70), (1.00, 0.72), (1.10, 0.71), (0.95, 0.72), (1.20, 0.70), (1.30, 0.69)]
+    assert _epochs(stopper, tie) == 6
+    assert stopper.best_epoch == 3
+
+
+def test_epochs_that_beat_the_frozen_model_on_neither_score_cost_patience_epochs():
+    frozen = {"loss": 0.50, "accuracy": 0.90}
+    # Each epoch improves on the last, but none reaches the frozen model's loss or accuracy.
+    stopper = BestEpoch(patience=2, baseline=frozen)
+    assert _epochs(stopper, [(0.9, 0.80), (0.8, 0.82), (0.7, 0.84), (0.6, 0.86)]) == 2
+    # An accuracy tie with a lower loss is the better epoch.
+    stopper = BestEpoch(patience=3, baseline={"loss": 0.1, "accuracy": 0.99})
+    assert _epochs(stopper, [(0.9, 0.80), (0.7, 0.80), (0.8, 0.79)]) == 3
+    assert stopper.best_epoch == 1
+
+
+def test_without_a_baseline_only_the_loss_counts_as_for_the_head():
+    stopper = BestEpoch(patience=2)
+    assert _epochs(stopper, [(0.9, 0.5), (0.95, 0.6), (0.97, 0.7), (0.5, 0.8)]) == 3
+    assert stopper.best_epoch == 0

@@ -18,6 +18,7 @@ RUN_PARAMS = {
     "backbone.input_size": 71,
     "training.epochs": 1,
     "fine_tuning.epochs": 1,
+    "fine_tuning.min_epoch_images": 0,  # one pass over the few photos: fast
     "fine_tuning.unfreeze_layers": 4,
     "augmentation.views": 2,
     "evaluation.tta": "none",

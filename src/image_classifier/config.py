@@ -200,10 +200,15 @@ class FineTuningParams(_Strict):
         description="after the warm-up: plateau (hold, cut when validation loss stalls) or cosine over epochs",
     )
     batch_size: int = Field(32, ge=1)
+    min_epoch_images: int = Field(
+        1000,
+        ge=0,
+        description="images an epoch trains on at least: smaller training sets are passed over several times",
+    )
     patience: int = Field(
         2,
         ge=1,
-        description="epochs without a better validation loss (or none better than the frozen model's)",
+        description="epochs without a better validation loss or accuracy (or neither better than the frozen model's)",
     )
     strategy: Literal["auto", "default", "mirrored"] = _not_in_fingerprint(
         "auto", description="auto: MirroredStrategy when several GPUs are visible, else the default device"

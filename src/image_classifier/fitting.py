@@ -40,37 +40,53 @@ def history_metrics(history: dict[str, list[float]], prefix: str) -> dict[str, l
 
 
 def fit_callbacks(
-    patience: int, learning_rate: str, baseline: float | None = None
+    patience: int, learning_rate: str, baseline: dict[str, float] | None = None
 ) -> list[keras.callbacks.Callback]:
-    """Early stopping on validation loss that keeps the best epoch's weights (the first callback),
-    and a hard stop when the loss becomes NaN or infinite; ``learning_rate`` names the parameter
-    to lower. With a ``baseline`` loss, see ``BestEpoch``."""
+    """Early stopping that keeps the best epoch's weights (the first callback), and a hard stop
+    when the loss becomes NaN or infinite; ``learning_rate`` names the parameter to lower. With
+    a ``baseline``, see ``BestEpoch``."""
     return [BestEpoch(patience, baseline), _FailOnNonFiniteLoss(learning_rate)]
 
 
 class BestEpoch(keras.callbacks.Callback):
-    """Stops after ``patience`` epochs without a better validation loss and restores the best
-    epoch's weights, like Keras' EarlyStopping. An epoch that does not get below ``baseline``
-    (the loss of the model before this fit) counts against the patience even when it beats the
-    epoch before: Keras' own callback keeps going as long as each epoch improves on the last,
-    so a fit that never reaches the baseline could run to its last epoch."""
+    """Stops after ``patience`` epochs without progress on validation and restores the best
+    epoch's weights, like Keras' EarlyStopping on validation loss.
 
-    def __init__(self, patience: int, baseline: float | None = None):
+    With a ``baseline`` (the validation ``loss`` and ``accuracy`` of the model before this fit,
+    which the fit must beat to be worth keeping), the best epoch is the most accurate (then the
+    lowest loss): the order in which the fitted model is later weighed against the baseline; a
+    new best epoch or a lower loss than every epoch before is progress. Fine-tuning on few
+    photos often grows overconfident, so its validation loss rises while its accuracy still
+    climbs; stopping on loss alone cut such runs after ``patience`` epochs. An epoch that beats
+    the baseline on neither counts against the patience even when it beats the epoch before, so
+    a fit that cannot help costs ``patience`` epochs (Keras' callback would run on as long as each
+    epoch improves on the last).
+    """
+
+    def __init__(self, patience: int, baseline: dict[str, float] | None = None):
         super().__init__()
         self._patience, self._baseline = patience, baseline
         self.best_epoch = 0
 
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
-        self._best, self._best_weights, self._wait = math.inf, None, 0
+        self._best_loss, self._best_weights, self._best_key, self._wait = math.inf, None, None, 0
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         if "val_loss" not in (logs or {}):  # no validation photos: nothing to stop on
             return
-        current = float(logs["val_loss"])
-        improved = current < self._best
-        if improved:
-            self._best, self.best_epoch, self._best_weights = current, epoch, self.model.get_weights()
-        if improved and (self._baseline is None or current < self._baseline):
+        loss = float(logs["val_loss"])
+        if self._baseline is None:
+            key, useful = (-loss,), True
+        else:
+            accuracy = float(logs["val_accuracy"])
+            key = (accuracy, -loss)
+            useful = loss < self._baseline["loss"] or accuracy > self._baseline["accuracy"]
+        best = self._best_key is None or key > self._best_key
+        progress = best or loss < self._best_loss
+        self._best_loss = min(self._best_loss, loss)
+        if best:
+            self._best_key, self.best_epoch, self._best_weights = key, epoch, self.model.get_weights()
+        if progress and useful:
             self._wait = 0
             return
         self._wait += 1

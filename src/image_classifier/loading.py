@@ -93,8 +93,9 @@ def iter_batches(
 class AugmentedImages(keras.utils.PyDataset):
     """Training batches for fine-tuning: each epoch sees fresh, but reproducible, augmentations.
 
-    The view number of an image in epoch ``e`` is ``e + 1``, so epoch 0 sees the same
-    augmentation as cached view 1 and no epoch sees the plain image unless transforms are empty.
+    An epoch is ``passes`` passes over the images, each in its own order. The view number of an
+    image in pass ``p`` of epoch ``e`` is ``e * passes + p + 1``, so the first pass sees the same
+    augmentation as cached view 1 and no pass sees the plain image unless transforms are empty.
     """
 
     def __init__(
@@ -106,23 +107,35 @@ class AugmentedImages(keras.utils.PyDataset):
         batch_size: int,
         seed: int,
         workers: int,
+        passes: int = 1,
     ):
         super().__init__(workers=workers, use_multiprocessing=False)
         self._loader, self._paths, self._shas, self._labels = loader, list(paths), list(shas), labels
-        self._batch_size = batch_size
+        self._batch_size, self._passes = batch_size, passes
         self._rng = np.random.default_rng(seed)
-        self._order = self._rng.permutation(len(self._paths))
         self._epoch = 0
+        self._shuffle()
+
+    def _shuffle(self) -> None:
+        count = len(self._paths)
+        self._order = np.concatenate([self._rng.permutation(count) for _ in range(self._passes)])
+        self._pass = np.repeat(np.arange(self._passes), count)
 
     def __len__(self) -> int:
-        return -(-len(self._paths) // self._batch_size)
+        return -(-len(self._order) // self._batch_size)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = self._order[index * self._batch_size : (index + 1) * self._batch_size]
-        view = self._epoch + 1 if self._loader.transforms else 0
-        images = np.stack([self._loader(self._paths[r], self._shas[r], view) for r in rows])
+        batch = slice(index * self._batch_size, (index + 1) * self._batch_size)
+        rows = self._order[batch]
+        if self._loader.transforms:
+            views = self._epoch * self._passes + self._pass[batch] + 1
+        else:
+            views = np.zeros(len(rows), int)
+        images = np.stack(
+            [self._loader(self._paths[r], self._shas[r], int(v)) for r, v in zip(rows, views, strict=True)]
+        )
         return images, self._labels[rows]
 
     def on_epoch_end(self) -> None:
         self._epoch += 1
-        self._order = self._rng.permutation(len(self._paths))
+        self._shuffle()

@@ -34,6 +34,7 @@ def _run(inputs, enabled, head=None, **tuning):
         "unfreeze_layers": 5,
         "learning_rate": 1e-3,
         "batch_size": 8,
+        "min_epoch_images": 0,
         **tuning,
     }
     training = {"label_smoothing": 0.1, "class_weight": "balanced"}
@@ -86,8 +87,13 @@ def test_a_fine_tuning_that_cannot_help_costs_patience_epochs_and_the_frozen_mod
     frozen = full_classifier(extractor, head)
     validation, _ = _photos(inputs, "validation")
 
-    model, metrics, history, outcome = _run(inputs, True, head=head, epochs=8, learning_rate=0.5, patience=2)
+    # Epochs of at least 2 × the training photos + 1: three passes over them.
+    photos = int((inputs[1]["split"] == "train").sum())
+    model, metrics, history, outcome = _run(
+        inputs, True, head=head, epochs=8, learning_rate=0.5, patience=2, min_epoch_images=2 * photos + 1
+    )
     assert outcome["final_model"] == "head" and outcome["epochs_run"] == 2
+    assert outcome["epoch_images"] == 3 * photos
     assert outcome["fine_tuned"]["loss"] > outcome["frozen"]["loss"]
     assert metrics["diagnostics/finetune.kept"]["value"] == 0.0
     assert metrics["diagnostics/finetune.epochs_run"]["value"] == 2

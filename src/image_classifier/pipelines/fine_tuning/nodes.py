@@ -89,6 +89,7 @@ def fine_tune(
     seed_everything(seed)
     transforms = tuple(t.model_dump() for t in AugmentationParams(**augmentation).transforms)
     paths, shas, labels = split_arrays(image_index, "train", class_names)
+    passes = max(1, -(-params.min_epoch_images // max(len(paths), 1)))
     train = AugmentedImages(
         ViewLoader(raw_images, limits, size, transforms, seed),
         paths,
@@ -97,6 +98,7 @@ def fine_tune(
         params.batch_size,
         seed,
         workers,
+        passes,
     )
     validation = AugmentedImages(
         ViewLoader(raw_images, limits, size),
@@ -121,22 +123,23 @@ def fine_tune(
         learning_rate, schedule_callbacks = _schedule(params, len(train))
         compile_classifier(model, learning_rate, head_params.label_smoothing)
     logger.info(
-        "Fine-tuning %d backbone layers for up to %d epochs (%s schedule); the frozen model scores "
-        "val_loss %.4f, val_accuracy %.4f",
+        "Fine-tuning %d backbone layers for up to %d epochs of %d images (%s schedule); the frozen "
+        "model scores val_loss %.4f, val_accuracy %.4f",
         unfrozen,
         params.epochs,
+        len(paths) * passes,
         params.schedule,
         frozen["loss"],
         frozen["accuracy"],
     )
-    stopping = fit_callbacks(params.patience, "fine_tuning.learning_rate", baseline=frozen["loss"])
+    stopping = fit_callbacks(params.patience, "fine_tuning.learning_rate", baseline=frozen)
     fit = model.fit(
         train,
         validation_data=validation,
         epochs=params.epochs,
         class_weight=class_weights(labels.argmax(axis=1), len(class_names), head_params.class_weight),
         callbacks=[
-            ImageProgress(len(paths), params.batch_size, "fine-tuning"),
+            ImageProgress(len(paths) * passes, params.batch_size, "fine-tuning"),
             *schedule_callbacks,
             *stopping,
         ],
@@ -177,6 +180,7 @@ def fine_tune(
         "fine_tuned": tuned,
         "best_epoch": best_epoch,
         "epochs_run": epochs_run,
+        "epoch_images": len(paths) * passes,
     }
     return stamp(model, fingerprint(image_index, params_digest)), metrics, plain_history(fit), outcome
 
