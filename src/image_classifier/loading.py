@@ -114,12 +114,12 @@ class AugmentedImages(keras.utils.PyDataset):
         self._batch_size, self._passes = batch_size, passes
         self._rng = np.random.default_rng(seed)
         self._epoch = 0
+        self._pass = np.repeat(np.arange(passes), len(self._paths))  # the pass of each position
         self._shuffle()
 
     def _shuffle(self) -> None:
         count = len(self._paths)
         self._order = np.concatenate([self._rng.permutation(count) for _ in range(self._passes)])
-        self._pass = np.repeat(np.arange(self._passes), count)
 
     def __len__(self) -> int:
         return -(-len(self._order) // self._batch_size)

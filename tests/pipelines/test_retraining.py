@@ -37,12 +37,8 @@ pytestmark = pytest.mark.slow
 PARAMS = {
     "backbone": {"input_size": 96},
     "training": {"epochs": 20},
-    "fine_tuning": {
-        "epochs": 1,
-        "unfreeze_layers": 4,
-        "learning_rate": 1e-5,
-        "min_epoch_images": 0,
-    },  # gentle on 24 photos
+    # Gentle on 24 photos, one pass over them an epoch.
+    "fine_tuning": {"epochs": 1, "unfreeze_layers": 4, "learning_rate": 1e-5, "min_epoch_images": 0},
     "augmentation": {"views": 2},
     "evaluation": {"tta": "none"},
 }

@@ -90,6 +90,7 @@ def fine_tune(
     transforms = tuple(t.model_dump() for t in AugmentationParams(**augmentation).transforms)
     paths, shas, labels = split_arrays(image_index, "train", class_names)
     passes = max(1, -(-params.min_epoch_images // max(len(paths), 1)))
+    epoch_images = len(paths) * passes
     train = AugmentedImages(
         ViewLoader(raw_images, limits, size, transforms, seed),
         paths,
@@ -127,7 +128,7 @@ def fine_tune(
         "model scores val_loss %.4f, val_accuracy %.4f",
         unfrozen,
         params.epochs,
-        len(paths) * passes,
+        epoch_images,
         params.schedule,
         frozen["loss"],
         frozen["accuracy"],
@@ -139,7 +140,7 @@ def fine_tune(
         epochs=params.epochs,
         class_weight=class_weights(labels.argmax(axis=1), len(class_names), head_params.class_weight),
         callbacks=[
-            ImageProgress(len(paths) * passes, params.batch_size, "fine-tuning"),
+            ImageProgress(epoch_images, params.batch_size, "fine-tuning"),
             *schedule_callbacks,
             *stopping,
         ],
@@ -180,7 +181,7 @@ def fine_tune(
         "fine_tuned": tuned,
         "best_epoch": best_epoch,
         "epochs_run": epochs_run,
-        "epoch_images": len(paths) * passes,
+        "epoch_images": epoch_images,
     }
     return stamp(model, fingerprint(image_index, params_digest)), metrics, plain_history(fit), outcome
 
