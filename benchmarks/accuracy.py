@@ -165,8 +165,9 @@ def compare_recipes(project: Path, raw: Path, scratch: Path, args: argparse.Name
         folder = _variant(raw, variant, scratch)
         for backbone in args.backbones.split(","):
             for recipe in args.recipes_to_run.split(","):
-                runs = [
-                    _run(
+                runs = []
+                for seed in map(int, args.seeds.split(",")):
+                    run = _run(
                         project,
                         ["__default__"],
                         raw_images_dir=folder,
@@ -174,8 +175,15 @@ def compare_recipes(project: Path, raw: Path, scratch: Path, args: argparse.Name
                         **{"backbone.name": backbone},
                         **RECIPES[recipe],
                     )
-                    for seed in map(int, args.seeds.split(","))
-                ]
+                    runs.append(run)
+                    # A seed's figures as soon as it ends: a long benchmark cut short still says something.
+                    print(
+                        f"[{variant} {backbone} {recipe} seed {seed}] head val {run['head.val_accuracy']:.4f}, "
+                        f"final val {_final_val(run, recipe):.4f}, "
+                        f"{run['diagnostics/finetune.epochs_run']:.0f} fine-tuning epochs, {run['wall_s']:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 epochs = [r["diagnostics/finetune.epochs_run"] for r in runs]
                 test = _mean_sd([r["test_accuracy"] for r in runs]) if args.test == recipe else ""
                 print(
