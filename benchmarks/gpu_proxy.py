@@ -184,7 +184,7 @@ def run(cfg, seed):
     g = torch.Generator(device=dev).manual_seed(seed)
     net = Net().to(dev).to(memory_format=torch.channels_last)
     # head on 3 cached views (view 0 plain)
-    views = [xtr] + [augment(xtr, g) for _ in range(cfg.get("views", 3) - 1)]
+    views = [xtr] + [augment(xtr, g) for _ in range(2)]
     ftr = torch.cat([embed_all(net, v, size) for v in views])
     ytr3 = ytr.repeat(len(views))
     fva = embed_all(net, xva, size)
@@ -232,7 +232,7 @@ def run(cfg, seed):
     low_loss, cur_lr, plateau_best = frozen[0], lr, 1e9
     hist = []
     step = 0
-    for ep in range(cfg.get("epochs", 12)):
+    for ep in range(12):
         net.train()
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
