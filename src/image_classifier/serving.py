@@ -222,6 +222,10 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
         # An image as big as the model's input is never too small, whatever ingestion.min_side
         # says: the inference pipeline hands the model images it resized to exactly that size.
         self._limits = limits.model_copy(update={"min_side": min(limits.min_side, self._input_size)})
+        # The first predictions trace the model's function (seconds each): here, not in the first
+        # requests. A second batch size makes TensorFlow trace one for any number of photos.
+        for count in (1, 2):
+            self._model.predict_on_batch(np.zeros((count, self._input_size, self._input_size, 3), np.uint8))
 
     @property
     def input_size(self) -> int:
