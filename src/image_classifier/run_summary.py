@@ -43,7 +43,7 @@ def read_sections(param_inputs: Iterable[str]) -> set[str]:
 
 def run_name(pipeline_name: str, params: Parameters, reads: set[str]) -> str:
     """What tells this run from its neighbours: the pipeline, then the settings users change most
-    that the pipeline reads, e.g. ``default · mobilenet_v2@288 · ft40 · 3 views``."""
+    that the pipeline reads, e.g. ``default · mobilenet_v2@224 · ft40 · 3 views``."""
     parts = [pipeline_label(pipeline_name)]
     if "sweep" in reads:
         parts.append(" vs ".join(params.sweep.backbones))

