@@ -57,3 +57,26 @@ def test_resize_matches_the_models_own_resizing_layer(tiny_demo):
         image = decode_rgb(photo.read_bytes())
         in_model = layer(image[None].astype("float32"))[0].numpy()
         assert np.abs(resize(image, 96).astype(float) - in_model).max() <= 1.0
+
+
+def test_a_large_jpeg_is_decoded_at_the_scale_its_resize_needs(tiny_demo):
+    photo = sorted((tiny_demo / "train" / "hat").iterdir())[0]
+    with Image.open(photo) as small:
+        large = small.convert("RGB").resize((small.width * 5, small.height * 5), Image.Resampling.BICUBIC)
+    data = encode(large, "JPEG", quality=95)
+    full = decode_rgb(data)
+    drafted = decode_rgb(data, for_size=96)
+    assert full.shape[:2] == (large.height, large.width)
+    # The smallest libjpeg scale (1/8 here) that keeps both sides at least twice 96 pixels.
+    scale = next(s for s in (8, 4, 2, 1) if s <= min(large.width // 192, large.height // 192))
+    assert scale == 8 and drafted.shape[:2] == (-(-large.height // scale), -(-large.width // scale))
+    # After the resize that follows, the two differ by under a grey level on average.
+    difference = np.abs(resize(drafted, 96).astype(int) - resize(full, 96).astype(int))
+    assert difference.mean() < 1.0 and difference.max() <= 24
+    # A photo the size asks nothing of, a PNG, and EXIF orientation are as without it.
+    original = decode_rgb(photo.read_bytes())
+    assert np.array_equal(decode_rgb(photo.read_bytes(), for_size=min(original.shape[:2])), original)
+    assert np.array_equal(decode_rgb(encode(large), for_size=96), np.asarray(large))
+    assert decode_rgb(exif_rotated_jpeg(1600, 800), for_size=96).shape == (400, 200, 3)
+    with pytest.raises(UnusableImage, match="truncated or corrupt"):
+        decode_rgb(data[: len(data) // 2], for_size=96)

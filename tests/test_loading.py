@@ -1,11 +1,16 @@
-"""loading.AugmentedImages: the fine-tuning batches, one or several passes per epoch."""
+"""loading: the fine-tuning batches, one or several passes per epoch, and the pixels every path decodes."""
 
 from collections import Counter
 
 import numpy as np
+from PIL import Image
 
 from image_classifier.config import IngestionParams
+from image_classifier.datasets import ImageFolderDataset
+from image_classifier.images import decode_rgb, resize
 from image_classifier.loading import AugmentedImages, ViewLoader
+from image_classifier.pipelines.inference.nodes import _load
+from image_classifier.serving import as_batch
 
 FLIP = ({"name": "HorizontalFlip", "params": {"p": 0.5}},)
 
@@ -60,3 +65,21 @@ def test_one_pass_is_one_view_per_photo_and_epoch(make_folder):
     first, second = _epochs(folder, passes=1, epochs=2)
     assert sorted(p for p, _ in first) == sorted(folder.files) and {v for _, v in first} == {1}
     assert {v for _, v in second} == {2}
+
+
+def test_training_inference_and_serving_decode_a_large_jpeg_alike(tiny_demo, tmp_path):
+    # A camera-sized photo is decoded at a reduced scale; every path must use the same one, or
+    # the served model would see other pixels than it was trained on.
+    with Image.open(sorted((tiny_demo / "train" / "hat").iterdir())[0]) as small:
+        large = small.convert("RGB").resize((small.width * 4, small.height * 4), Image.Resampling.BICUBIC)
+    (tmp_path / "raw").mkdir()
+    large.save(tmp_path / "raw" / "large.jpg", quality=90)
+    folder, limits = ImageFolderDataset(str(tmp_path / "raw")).load(), IngestionParams()
+    data = (tmp_path / "raw" / "large.jpg").read_bytes()
+    expected = resize(decode_rgb(data, for_size=64), 64)
+    assert not np.array_equal(expected, resize(decode_rgb(data), 64))
+    assert np.array_equal(ViewLoader(folder, limits, 64)("large.jpg", "sha", 0), expected)
+    assert np.array_equal(_load(folder, "large.jpg", limits, 64), expected)
+    served = np.empty(1, dtype=object)
+    served[0] = data
+    assert np.array_equal(as_batch(served, 64, limits)[0], expected)

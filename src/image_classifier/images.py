@@ -70,11 +70,22 @@ def read_file(path: Path, max_bytes: int) -> bytes:
     return data
 
 
-def decode_rgb(data: bytes, max_pixels: int | None = None, min_side: int = 1) -> np.ndarray:
+def decode_rgb(
+    data: bytes, max_pixels: int | None = None, min_side: int = 1, for_size: int | None = None
+) -> np.ndarray:
     """Bytes of any common image file → upright RGB uint8 array (H, W, 3).
 
     ``max_pixels`` and ``min_side`` are checked against the header before any pixel is decoded,
     so a decompression bomb costs a few bytes of reading, not gigabytes of memory.
+
+    ``for_size``: the photo is only needed ``for_size`` pixels a side (it is resized to that
+    next), so a JPEG is decoded at the smallest of 1/1, 1/2, 1/4 and 1/8 scale that keeps both
+    sides at least twice that: libjpeg scales in the DCT, skipping most of the work on a large
+    photo (a 3000×5332 JPEG for 224 px: 22 ms instead of 520). Twice, as PIL's ``thumbnail``
+    does, because the resize that follows then still averages several pixels: on demo photos
+    enlarged 5 to 7.5 times, the resized pixels differ from a full decode's by 0.6 grey levels on
+    average (1.6 when scaling down to the size itself). Every loader passes it, so training,
+    inference and serving see the same pixels.
     """
     try:
         opened = Image.open(io.BytesIO(data))
@@ -94,6 +105,8 @@ def decode_rgb(data: bytes, max_pixels: int | None = None, min_side: int = 1) ->
             raise UnusableImage(
                 f"too small: {image.width}x{image.height} px, below ingestion.min_side = {min_side}"
             )
+        if for_size is not None and image.format == "JPEG":
+            image.draft("RGB", (2 * for_size, 2 * for_size))
         try:
             return _to_rgb(image)
         except Exception as error:

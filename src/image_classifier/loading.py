@@ -52,7 +52,7 @@ class ViewLoader:
         local = self._local  # type: ignore[attr-defined]
         if getattr(local, "path", None) != path:
             data = self.raw.read_bytes(path, self.limits.max_file_bytes)
-            image = decode_rgb(data, self.limits.max_pixels, self.limits.min_side)
+            image = decode_rgb(data, self.limits.max_pixels, self.limits.min_side, self.size)
             local.path, local.image = path, resize(image, self.size)
         return local.image
 

@@ -81,7 +81,7 @@ def as_batch(model_input: Any, size: int, limits: IngestionParams) -> np.ndarray
     if images.dtype == object and images.ndim == 1:
         _check_request(images, limits)
         return np.stack(
-            [resize(_item(item, f"{INPUT_NAME}[{i}]: ", limits), size) for i, item in enumerate(images)]
+            [resize(_item(item, f"{INPUT_NAME}[{i}]: ", limits, size), size) for i, item in enumerate(images)]
         )
     return _pixels(images[None] if images.ndim == 3 else images, "", limits)
 
@@ -106,11 +106,11 @@ def _check_request(items: np.ndarray, limits: IngestionParams) -> None:
         )
 
 
-def _item(item: Any, where: str, limits: IngestionParams) -> np.ndarray:
+def _item(item: Any, where: str, limits: IngestionParams, size: int) -> np.ndarray:
     if isinstance(item, str):
-        return _decoded(_from_base64(item, where, limits), where, limits)
+        return _decoded(_from_base64(item, where, limits), where, limits, size)
     if isinstance(item, bytes | bytearray | memoryview):
-        return _decoded(bytes(item), where, limits)
+        return _decoded(bytes(item), where, limits, size)
     if isinstance(item, np.ndarray | list):
         try:
             pixels = np.asarray(item)
@@ -135,14 +135,14 @@ def _from_base64(text: str, where: str, limits: IngestionParams) -> bytes:
         ) from None
 
 
-def _decoded(data: bytes, where: str, limits: IngestionParams) -> np.ndarray:
+def _decoded(data: bytes, where: str, limits: IngestionParams, size: int) -> np.ndarray:
     if len(data) > limits.max_file_bytes:
         raise refused(
             f"{where}too big: {len(data)} bytes, above ingestion.max_file_bytes = {limits.max_file_bytes}",
             limits,
         )
     try:
-        return decode_rgb(data, limits.max_pixels, limits.min_side)
+        return decode_rgb(data, limits.max_pixels, limits.min_side, size)
     except UnusableImage as error:
         raise refused(f"{where}{error}", limits) from None
 

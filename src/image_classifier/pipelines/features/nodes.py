@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 # Part of every key: bump it when decoding or resizing changes the pixels the backbone sees, so
 # that vectors of the old pixels are not served as if they were the new ones.
-PIXELS_VERSION = "pil-bilinear-aa-1"
+# 2: JPEGs at least four times the input size a side are decoded at a reduced scale (images.py).
+PIXELS_VERSION = "pil-draft-bilinear-aa-2"
 
 
 def cache_key(sha256: str, view: int, context: str, augmentation_hash: str) -> str:

@@ -63,4 +63,4 @@ def _load(images: ImageFolder, file: str, limits: IngestionParams, size: int) ->
     if problem := name_problem(file):
         raise UnusableImage(problem)
     data = images.read_bytes(file, limits.max_file_bytes)
-    return resize(decode_rgb(data, limits.max_pixels, limits.min_side), size)
+    return resize(decode_rgb(data, limits.max_pixels, limits.min_side, size), size)
