@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from conftest import encode, exif_rotated_jpeg, png_claiming
-from image_classifier.images import UnusableImage, decode_rgb, resize
+from image_classifier.images import UnusableImage, decode_rgb, resize, upright_size
 
 
 def test_modes_become_rgb_uint8():
@@ -80,3 +80,16 @@ def test_a_large_jpeg_is_decoded_at_the_scale_its_resize_needs(tiny_demo):
     assert decode_rgb(exif_rotated_jpeg(1600, 800), for_size=96).shape == (400, 200, 3)
     with pytest.raises(UnusableImage, match="truncated or corrupt"):
         decode_rgb(data[: len(data) // 2], for_size=96)
+
+
+def test_ingestion_reads_the_upright_size_of_a_whole_decode(tiny_demo):
+    photo = sorted((tiny_demo / "train" / "hat").iterdir())[0]
+    with Image.open(photo) as small:
+        large = encode(small.resize((small.width * 4, small.height * 4)), "JPEG")
+    for data in (photo.read_bytes(), large, exif_rotated_jpeg(1600, 800), encode(Image.new("RGB", (30, 50)))):
+        height, width = decode_rgb(data).shape[:2]
+        assert upright_size(data) == (width, height)
+    with pytest.raises(UnusableImage, match="truncated or corrupt"):
+        upright_size(large[: len(large) // 2])
+    with pytest.raises(UnusableImage, match="too small"):
+        upright_size(large, min_side=10_000)

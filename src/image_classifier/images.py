@@ -7,10 +7,12 @@ from __future__ import annotations
 import io
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 
 class UnusableImage(ValueError):
@@ -87,6 +89,32 @@ def decode_rgb(
     average (1.6 when scaling down to the size itself). Every loader passes it, so training,
     inference and serving see the same pixels.
     """
+    with _checked(data, max_pixels, min_side) as image:
+        if for_size is not None and image.format == "JPEG":
+            image.draft("RGB", (2 * for_size, 2 * for_size))
+        return _to_rgb(image)
+
+
+def upright_size(data: bytes, max_pixels: int | None = None, min_side: int = 1) -> tuple[int, int]:
+    """(width, height) of a photo once turned upright, after the checks of ``decode_rgb`` and a
+    decode of the whole file: what ingestion records. A JPEG is decoded at 1/8 scale, which still
+    reads every byte (a truncated file still fails) for a fraction of a full decode's work."""
+    with _checked(data, max_pixels, min_side) as image:
+        width, height = image.size
+        turned = image.getexif().get(ExifTags.Base.Orientation) in _TURNED
+        if image.format == "JPEG":
+            image.draft("RGB", (1, 1))
+        _to_rgb(image)
+    return (height, width) if turned else (width, height)
+
+
+# EXIF orientations that ``ImageOps.exif_transpose`` turns by a quarter (width and height swap).
+_TURNED = (5, 6, 7, 8)
+
+
+@contextmanager
+def _checked(data: bytes, max_pixels: int | None, min_side: int) -> Iterator[Image.Image]:
+    """The opened image, its header checked; anything that fails while decoding it is unusable."""
     try:
         opened = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as error:
@@ -105,10 +133,8 @@ def decode_rgb(
             raise UnusableImage(
                 f"too small: {image.width}x{image.height} px, below ingestion.min_side = {min_side}"
             )
-        if for_size is not None and image.format == "JPEG":
-            image.draft("RGB", (2 * for_size, 2 * for_size))
         try:
-            return _to_rgb(image)
+            yield image
         except Exception as error:
             raise UnusableImage(f"truncated or corrupt: {error}") from None
 

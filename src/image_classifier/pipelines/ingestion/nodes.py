@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from image_classifier.config import IngestionParams, SplitParams
 from image_classifier.datasets import ImageFolder, index_digest
 from image_classifier.errors import ProjectError
-from image_classifier.images import UnusableImage, decode_rgb, name_problem, printable
+from image_classifier.images import UnusableImage, name_problem, printable, upright_size
 from image_classifier.tracking import scalar_metrics
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def _inspect(raw: ImageFolder, relative: str, has_splits: bool, limits: Ingestio
     try:
         data = raw.read_bytes(relative, limits.max_file_bytes)
         item = replace(item, sha256=hashlib.sha256(data).hexdigest())
-        height, width = decode_rgb(data, limits.max_pixels, limits.min_side).shape[:2]
+        width, height = upright_size(data, limits.max_pixels, limits.min_side)
     except UnusableImage as error:
         return replace(item, reason=str(error))
     return replace(item, width=width, height=height)
