@@ -122,12 +122,12 @@ def main() -> None:
     args = parser.parse_args()
 
     photos = _photos(args.photos, 64)
-    port, url = _free_port(), None
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as scratch:
         log = Path(scratch) / "server.log"
         server = _serve(args.model_uri, port, log)
         try:
-            url = f"http://127.0.0.1:{port}"
             ready = _wait_until_up(url, server, log, 300)
             single = _phase(url, photos, 1, args.requests, args.seconds)
             batched = _phase(url, photos, 32, args.batches, args.seconds)
