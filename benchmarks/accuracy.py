@@ -41,36 +41,13 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import mlflow
+from common import demo_folder, scratch_project
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from omegaconf import OmegaConf
 from PIL import Image
 
 from image_classifier.pipeline_registry import DEFAULT_STAGES
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _raw_folder() -> Path:
-    for folder in (
-        ROOT / "data/01_raw/images",
-        Path(os.environ.get("DEMO_DATA_DIR", "/nonexistent")),
-        ROOT.parent / "shared/datasets/clothing-small",
-    ):
-        if folder.is_dir() and any(folder.iterdir()):
-            return folder
-    sys.exit("no demo data: run `make data` or set DEMO_DATA_DIR")
-
-
-def _scratch_project(root: Path) -> Path:
-    shutil.copytree(ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf/local").mkdir()
-    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
-    (root / "src").mkdir()
-    (root / "data").mkdir()
-    (ROOT / "data/04_feature").mkdir(parents=True, exist_ok=True)
-    (root / "data/04_feature").symlink_to(ROOT / "data/04_feature")
-    return root
 
 
 def _run(project: Path, pipelines: list[str], **dotted) -> dict[str, float]:
@@ -225,9 +202,9 @@ def main() -> None:
         "--test", default="new", help="with --recipes: the one recipe whose test accuracy is printed"
     )
     args = parser.parse_args()
-    raw = _raw_folder()
+    raw = demo_folder()
     with tempfile.TemporaryDirectory(prefix="accuracy-bench-") as scratch:
-        project = _scratch_project(Path(scratch) / "project")
+        project = scratch_project(Path(scratch) / "project")
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
         os.environ["MLFLOW_ARTIFACT_LOCATION"] = str(project / "mlruns")
         os.chdir(project)

@@ -44,6 +44,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # figures only; progress bars would 
 
 import keras
 import numpy as np
+from common import demo_folder
 from kedro.config import OmegaConfigLoader
 from PIL import Image
 
@@ -75,15 +76,7 @@ def _params(features: dict[str, Any] | None = None) -> dict[str, Any]:
 def _raw_folder() -> Path:
     if "FEATURE_BENCH_RAW" in os.environ:  # --large: set for this process and its children
         return Path(os.environ["FEATURE_BENCH_RAW"])
-    candidates = [
-        ROOT / "data/01_raw/images",
-        Path(os.environ.get("DEMO_DATA_DIR", "/nonexistent")),
-        ROOT.parent / "shared/datasets/clothing-small",
-    ]
-    for folder in candidates:
-        if folder.is_dir() and any(folder.iterdir()):
-            return folder
-    sys.exit("no demo data: run `make data` or set DEMO_DATA_DIR")
+    return demo_folder()
 
 
 def _inputs(params: dict[str, Any], fraction: float):
