@@ -19,8 +19,9 @@ Figures, with the parameters in conf/base (backbone, input size, views, batch si
   (i) the split of the CPU between loader threads and engine threads, for the configured engine
   (j) the executors: in-process vs. a Dask LocalCluster of 1 and of 2 workers (1 thread each),
       cold end-to-end, the cluster's start and each worker's engine loading included
-With ``--large SIDE``, (a)-(c) only, on a copy of the demo photos enlarged to SIDE pixels on their
-longer side (bicubic, JPEG quality 90): the photos users bring from a camera, where decoding at
+With ``--large SIDE``, (a)-(c) only, on a copy of the first ``--fraction`` of each class's demo
+photos, enlarged to SIDE pixels on their longer side (bicubic, JPEG quality 90): the photos users
+bring from a camera, where decoding at
 the scale the backbone needs (``images.decode_rgb``'s ``for_size``) matters most.
 Cold runs and RSS runs each happen in a fresh process on a fresh cache; nothing is written to the
 project's own cache.
@@ -131,15 +132,23 @@ def _in_child(store: Path, fraction: float, **features: Any) -> dict[str, float]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _enlarged(raw, index, side: int, target: Path) -> Path:
-    """The photos of ``index`` enlarged to ``side`` pixels on their longer side, under ``target``."""
-    for path in index["path"]:
-        with Image.open(raw.root / path) as photo:
-            scale = side / max(photo.size)
-            size = (round(photo.width * scale), round(photo.height * scale))
-            large = photo.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-        (target / path).parent.mkdir(parents=True, exist_ok=True)
-        large.save((target / path).with_suffix(".jpg"), quality=90)
+def _enlarged(fraction: float, side: int, target: Path) -> Path:
+    """The first ``fraction`` of each class of each split of the demo photos (at least one), enlarged
+    to ``side`` pixels on their longer side, under ``target``: every class keeps photos in every
+    split, as ingestion requires."""
+    count = 0
+    for folder in sorted(p for p in demo_folder().glob("*/*") if p.is_dir()):
+        photos = sorted(folder.iterdir())
+        for source in photos[: max(1, round(fraction * len(photos)))]:
+            with Image.open(source) as photo:
+                scale = side / max(photo.size)
+                size = (round(photo.width * scale), round(photo.height * scale))
+                large = photo.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+            path = target / folder.parent.name / folder.name / f"{source.stem}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            large.save(path, quality=90)
+            count += 1
+    print(f"{count} photos enlarged to {side} px", flush=True)
     return target
 
 
@@ -278,15 +287,11 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="feature-cache-bench-") as scratch:
         scratch_path = Path(scratch)
-        raw, index, _, _ = _inputs(params, full)
         if args.large:
-            start = time.perf_counter()
-            large = _enlarged(raw, index, args.large, scratch_path / "large")
-            print(f"{len(index)} photos enlarged to {args.large} px in {time.perf_counter() - start:.0f} s")
-            os.environ["FEATURE_BENCH_RAW"] = str(large)
+            os.environ["FEATURE_BENCH_RAW"] = str(_enlarged(full, args.large, scratch_path / "large"))
             # Every enlarged photo is in the run: the fraction was applied when choosing them.
             full = 1.0
-            raw, index, _, _ = _inputs(params, full)
+        raw, index, _, _ = _inputs(params, full)
         if args.engines_only:
             compare_engines(params, raw, index, scratch_path, full)
             return
