@@ -83,8 +83,8 @@ def decode_rgb(
     ``for_size``: the photo is only needed ``for_size`` pixels a side (it is resized to that
     next), so a JPEG is decoded at the smallest of 1/1, 1/2, 1/4 and 1/8 scale that keeps both
     sides at least twice that: libjpeg scales in the DCT, skipping most of the work on a large
-    photo (a 3000×5332 JPEG for 224 px: 22 ms instead of 520). Twice, as PIL's ``thumbnail``
-    does, because the resize that follows then still averages several pixels: on demo photos
+    photo (benchmarks/README.md, "Camera-sized photos"). Twice, as PIL's ``thumbnail`` does,
+    because the resize that follows then still averages several pixels: on demo photos
     enlarged 5 to 7.5 times, the resized pixels differ from a full decode's by 0.6 grey levels on
     average (1.6 when scaling down to the size itself). Every loader passes it, so training,
     inference and serving see the same pixels.
