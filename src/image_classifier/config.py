@@ -193,6 +193,13 @@ class FineTuningParams(_Strict):
         12, ge=1, description="the most epochs; early stopping on validation loss decides how many run"
     )
     unfreeze_layers: int = Field(40, ge=0)
+    train_size: int | None = Field(
+        None,
+        ge=32,
+        le=1024,
+        description="pixels a side of the training views; null: backbone.input_size, at which the "
+        "model is validated and logged either way",
+    )
     learning_rate: float = Field(1e-4, gt=0)
     warmup_epochs: float = Field(0.5, ge=0.0, description="linear warm-up from a tenth of learning_rate")
     schedule: Literal["plateau", "cosine"] = Field(

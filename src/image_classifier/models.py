@@ -63,14 +63,28 @@ def normalise_pixels(x: Any, spec: BackboneSpec) -> Any:
 def feature_extractor(trunk: keras.Model, spec: BackboneSpec, input_size: int) -> keras.Model:
     """Raw uint8 images → pooled backbone features (batch, feature_dim)."""
     images = _raw_images()
-    x = _resize(images, input_size)
-    x = normalise_pixels(x, spec)
+    features = _pooled(_resize(images, input_size), trunk, spec)
+    return keras.Model(images, features, name=f"{spec.name.replace(':', '_')}_features")
+
+
+def _pooled(pixels: Any, trunk: keras.Model, spec: BackboneSpec) -> Any:
+    x = normalise_pixels(pixels, spec)
     # training=False keeps BatchNorm on its ImageNet statistics even when the trunk's top
     # layers are unfrozen for fine-tuning: small batches of a new domain would otherwise
     # overwrite the running means and wreck the pretrained features.
     x = trunk(x, training=False)
-    features = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.Model(images, features, name=f"{spec.name.replace(':', '_')}_features")
+    return keras.layers.GlobalAveragePooling2D(name="pool")(x)
+
+
+def unresized_classifier(trunk: keras.Model, spec: BackboneSpec, head: keras.Model) -> keras.Model:
+    """Images of any size, fed to ``trunk`` as they are → class probabilities.
+
+    It shares its layers, and so its weights, with the raw-image model built from the same trunk
+    and head: fitting it fits that model. For fine-tuning on views smaller than the final model's
+    input (``fine_tuning.train_size``) while validating at that input size.
+    """
+    images = _raw_images()
+    return keras.Model(images, head(_pooled(images, trunk, spec)), name="unresized_classifier")
 
 
 def classifier_head(

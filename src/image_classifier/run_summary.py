@@ -53,7 +53,8 @@ def run_name(pipeline_name: str, params: Parameters, reads: set[str]) -> str:
         parts.append(f"convnet@{params.baseline.input_size}")
     if "fine_tuning" in reads:
         tuning = params.fine_tuning
-        parts.append(f"ft{tuning.unfreeze_layers}" if tuning.enabled else "no fine-tuning")
+        trained_at = f"@{tuning.train_size}" if tuning.train_size else ""
+        parts.append(f"ft{tuning.unfreeze_layers}{trained_at}" if tuning.enabled else "no fine-tuning")
     if "augmentation" in reads:
         views = params.augmentation.views
         parts.append(f"{views} view{'s' if views != 1 else ''}")

@@ -126,3 +126,18 @@ def test_enabled_trains_only_top_layers_and_keeps_batchnorm_frozen(inputs):
     for layer in top_norms:
         for after, before in zip(layer.weights, pretrained.get_layer(layer.name).weights, strict=True):
             np.testing.assert_array_equal(after.numpy(), before.numpy())
+
+
+def test_training_on_smaller_views_validates_and_returns_the_model_at_the_input_size(inputs, caplog):
+    """fine_tuning.train_size: the steps see 48 px views, while the best epoch is chosen on, and
+    the model returned takes, photos resized to backbone.input_size (64): the validation accuracy
+    reported is the returned model's on those photos."""
+    with caplog.at_level("INFO"):
+        model, metrics, _, outcome = _run(inputs, enabled=True, train_size=48)
+    assert "at 48 px" in caplog.text
+    assert outcome["final_model"] == "fine-tuned"
+    assert model.get_layer("mobilenet_v2_features").get_layer("resize").height == 64
+    images, labels = _photos(inputs, "validation")
+    accuracy = (model.predict(images, verbose=0).argmax(axis=1) == labels).mean()
+    assert accuracy == pytest.approx(metrics["finetune.val_accuracy"]["value"])
+    assert accuracy >= 0.5  # chance is 1/3: the fitted weights are the returned model's

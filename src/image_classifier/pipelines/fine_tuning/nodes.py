@@ -74,11 +74,13 @@ def fine_tune(
         full_classifier,
         stamp,
         unfreeze_top,
+        unresized_classifier,
     )
 
     backbone_params, params = BackboneParams(**backbone), FineTuningParams(**fine_tuning)
     head_params, limits = TrainingParams(**training), IngestionParams(**ingestion)
     spec, size = get_spec(backbone_params.name), backbone_params.input_size
+    train_size = params.train_size or size
     if not params.enabled:
         logger.info("Fine-tuning disabled: the final model is the backbone with the trained head")
         trunk = load_pretrained(spec.name, size, backbone_params.cache_dir, backbone_params.weights)
@@ -92,7 +94,7 @@ def fine_tune(
     passes = max(1, -(-params.min_epoch_images // max(len(paths), 1)))
     epoch_images = len(paths) * passes
     train = AugmentedImages(
-        ViewLoader(raw_images, limits, size, transforms, seed),
+        ViewLoader(raw_images, limits, train_size, transforms, seed),
         paths,
         shas,
         labels,
@@ -110,10 +112,15 @@ def fine_tune(
     )
     # Variables must be created inside the strategy's scope to be mirrored across replicas.
     with training_strategy(params.strategy).scope():
-        trunk = load_pretrained(spec.name, size, backbone_params.cache_dir, backbone_params.weights)
+        # A trunk that takes any size when it trains on one size and validates on another.
+        trunk_size = size if train_size == size else None
+        trunk = load_pretrained(spec.name, trunk_size, backbone_params.cache_dir, backbone_params.weights)
         head = keras.models.clone_model(head_model)
         head.set_weights(head_model.get_weights())
         model = full_classifier(feature_extractor(trunk, spec, size), head)
+        # The views arrive resized already, training ones to train_size and validation ones to
+        # size; the raw-image model would resize the training views back up to size.
+        fitted = model if train_size == size else unresized_classifier(trunk, spec, head)
     # The model fine-tuning must beat: the frozen backbone with the trained head. Its scores on
     # the validation photos are the head's on their cached features (the same pixels through
     # the same network, to within 1e-5): no pass over the photos, no extra trace of the model.
@@ -122,19 +129,20 @@ def fine_tune(
     with training_strategy(params.strategy).scope():
         unfrozen = unfreeze_top(trunk, params.unfreeze_layers, spec.tunable)
         learning_rate, schedule_callbacks = _schedule(params, len(train))
-        compile_classifier(model, learning_rate, head_params.label_smoothing)
+        compile_classifier(fitted, learning_rate, head_params.label_smoothing)
     logger.info(
-        "Fine-tuning %d backbone layers for up to %d epochs of %d images (%s schedule); the frozen "
-        "model scores val_loss %.4f, val_accuracy %.4f",
+        "Fine-tuning %d backbone layers for up to %d epochs of %d images at %d px (%s schedule); the "
+        "frozen model scores val_loss %.4f, val_accuracy %.4f",
         unfrozen,
         params.epochs,
         epoch_images,
+        train_size,
         params.schedule,
         frozen["loss"],
         frozen["accuracy"],
     )
     stopping = fit_callbacks(params.patience, "fine_tuning.learning_rate", baseline=frozen)
-    fit = model.fit(
+    fit = fitted.fit(
         train,
         validation_data=validation,
         epochs=params.epochs,
