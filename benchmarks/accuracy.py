@@ -129,6 +129,13 @@ def _old_pick(losses: list[float], accuracies: list[float], patience: int = 2) -
     return accuracies[best]
 
 
+def _epoch_s(run: dict[str, float]) -> float:
+    """Seconds per fine-tuning epoch, validation included."""
+    return run.get("diagnostics/time.fine_tuning_s", float("nan")) / max(
+        run["diagnostics/finetune.epochs_run"], 1
+    )
+
+
 def _mean_sd(values: list[float]) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
@@ -157,7 +164,8 @@ def compare_recipes(project: Path, raw: Path, scratch: Path, args: argparse.Name
                     print(
                         f"[{variant} {backbone} {recipe} seed {seed}] head val {run['head.val_accuracy']:.4f}, "
                         f"final val {_final_val(run, recipe):.4f}, "
-                        f"{run['diagnostics/finetune.epochs_run']:.0f} fine-tuning epochs, {run['wall_s']:.0f} s",
+                        f"{run['diagnostics/finetune.epochs_run']:.0f} fine-tuning epochs "
+                        f"({_epoch_s(run):.0f} s each), {run['wall_s']:.0f} s",
                         file=sys.stderr,
                         flush=True,
                     )
