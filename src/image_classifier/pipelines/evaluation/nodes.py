@@ -167,30 +167,24 @@ def plot_misclassified(
 ) -> Figure:
     """The test images the model got wrong with the most confidence: the first place to look for
     label noise, look-alike classes or a shortcut the model learned."""
-    import matplotlib.pyplot as plt
-
+    from image_classifier.gallery import thumbnail_grid
     from image_classifier.loading import ViewLoader
 
     wrong = predictions.loc[predictions["label"] != predictions["predicted"]]
     wrong = wrong.sort_values(["confidence", "path"], ascending=[False, True]).head(max_images)
-    columns = 4
-    rows = max(-(-len(wrong) // columns), 1)
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
     loader = ViewLoader(raw_images, IngestionParams(**ingestion), thumbnail)
-    for cell, (_, row) in zip(axes.flat, wrong.iterrows(), strict=False):
-        cell.imshow(loader(row["path"], "", 0))
-        cell.set_title(
-            f"true: {row['label']}\npredicted: {row['predicted']} ({row['confidence']:.2f})", fontsize="small"
-        )
-    for cell in axes.flat:
-        cell.axis("off")
-    if wrong.empty:
-        axes.flat[0].text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
-    figure.suptitle(
-        f"Most confident mistakes ({len(wrong)} of {int((predictions['label'] != predictions['predicted']).sum())})"
+    cells = [
+        (row["path"], f"true: {row['label']}\npredicted: {row['predicted']} ({row['confidence']:.2f})")
+        for _, row in wrong.iterrows()
+    ]
+    total = int((predictions["label"] != predictions["predicted"]).sum())
+    return thumbnail_grid(
+        lambda path: loader(path, "", 0),
+        cells,
+        columns=4,
+        title=f"Most confident mistakes ({len(wrong)} of {total})",
+        empty="no misclassified test images",
     )
-    figure.tight_layout()
-    return figure
 
 
 def plot_confusion_matrix(predictions: pd.DataFrame, class_names: list[str]) -> Figure:
