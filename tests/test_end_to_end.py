@@ -86,10 +86,20 @@ def test_default_pipeline_tracks_everything_and_registers_the_model(project, tra
         "training_curves.png",
         "classification_report.json",
         "misclassified.png",
+        "audit.csv",
+        "audit_label_issues.png",
+        "audit_cross_split_duplicates.png",
+        "audit_outliers.png",
     }
     assert (
         expected | {"per_class_metrics.csv", "augmentation_preview.png", "ingestion_report.json"} <= artifacts
     )
+    assert {
+        "audit.label_issues",
+        "audit.near_duplicates",
+        "audit.cross_split_duplicates",
+        "audit.outliers",
+    } <= set(metrics)
     reports = {path.name: path.stat().st_size for path in (project / "data" / "08_reporting").iterdir()}
     assert expected <= set(reports) and all(size > 0 for size in reports.values())
 

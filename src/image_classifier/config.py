@@ -231,6 +231,47 @@ class EvaluationParams(_Strict):
     )
 
 
+AuditKind = Literal["label_issues", "cross_split_duplicates", "outliers"]
+
+
+class AuditParams(_Strict):
+    folds: int = Field(
+        5, ge=2, description="heads whose held-out predictions give every image out-of-fold probabilities"
+    )
+    label_max_score: float = Field(
+        0.05,
+        gt=0.0,
+        le=1.0,
+        description="a label issue needs the heads' probability of the given label below this",
+    )
+    neighbours: int = Field(
+        30, ge=1, description="nearest neighbours that near duplicates and outliers are judged by"
+    )
+    near_duplicate_threshold: float = Field(
+        0.35,
+        ge=0.0,
+        description="near duplicates: closer than this times the median nearest-neighbour distance",
+    )
+    outlier_threshold: float = Field(
+        0.37037,
+        gt=0.0,
+        le=1.0,
+        description="outliers: mean k-NN distance beyond Q3 + (1/threshold - 1) x IQR; lower flags fewer",
+    )
+    exclude: list[AuditKind] = Field(
+        default_factory=list,
+        description="kinds of flagged training images left out of training and fine-tuning",
+    )
+    gallery_size: int = _not_in_fingerprint(16, ge=1, description="images (or pairs) in each audit gallery")
+
+    @field_validator("exclude")
+    @classmethod
+    def _distinct(cls, kinds: list[str]) -> list[str]:
+        if len(set(kinds)) != len(kinds):
+            raise ValueError("audit.exclude: a kind is listed twice")
+        return kinds
+
+
 class ConvBlockParams(_Strict):
     filters: int = Field(32, ge=1)
     kernel_size: int = Field(3, ge=1)
@@ -314,6 +355,7 @@ class Parameters(_Strict):
     training: TrainingParams = TrainingParams()
     fine_tuning: FineTuningParams = FineTuningParams()
     evaluation: EvaluationParams = EvaluationParams()
+    audit: AuditParams = AuditParams()
     baseline: BaselineParams = BaselineParams()
     sweep: SweepParams = SweepParams()
     retraining: RetrainingParams = RetrainingParams()

@@ -11,6 +11,7 @@ from kedro.pipeline import Pipeline
 from kedro.utils import find_kedro_project
 
 from image_classifier.pipelines import (
+    audit,
     augmentation,
     baseline,
     evaluation,
@@ -24,7 +25,7 @@ from image_classifier.pipelines import (
 )
 
 # The stages of `__default__`, in order; each stage pipeline's nodes carry its name as a tag.
-DEFAULT_STAGES = ("ingestion", "augmentation", "features", "training", "fine_tuning", "evaluation")
+DEFAULT_STAGES = ("ingestion", "augmentation", "features", "audit", "training", "fine_tuning", "evaluation")
 
 
 def _sweep_backbones() -> list[str]:
@@ -49,17 +50,24 @@ def _sweep_backbones() -> list[str]:
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Each stage alone, ``__default__`` running them all in order, ``baseline`` (ingestion, then a
-    convnet from scratch) and ``sweep`` (ingestion, augmentation, then the features and training
+    """Each stage alone, ``__default__`` running them all in order (the audit after features),
+    ``baseline`` (ingestion, then a convnet from scratch) and ``sweep`` (ingestion, augmentation, then the features and training
     stages again for every backbone of ``sweep.backbones``) for comparison; ``retraining`` (the
     default stages, then promotion over the champion) and ``inference`` (a folder → predictions)."""
     stages = {
         "ingestion": ingestion.create_pipeline(),
         "augmentation": augmentation.create_pipeline(),
         "features": features.create_pipeline(),
-        "training": training.create_pipeline(),
-        "fine_tuning": fine_tuning.create_pipeline(),
-        "evaluation": evaluation.create_pipeline(),
+        "audit": audit.create_pipeline(),
+        # They read the index less what audit.exclude leaves out.
+        **{
+            name: Pipeline(stage.create_pipeline(), inputs={"image_index": "training_index"})
+            for name, stage in (
+                ("training", training),
+                ("fine_tuning", fine_tuning),
+                ("evaluation", evaluation),
+            )
+        },
     }
     default = sum((stages[name] for name in DEFAULT_STAGES), Pipeline([]))
     per_backbone = features.create_pipeline(backbone="backbone") + training.create_pipeline()

@@ -26,18 +26,24 @@ def index_digest(index: pd.DataFrame) -> str:
 
 class ImageIndexDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
     """``pandas.CSVDataset`` at ``filepath``; on save, tags the active run with ``dataset_digest``
-    and logs the index as an ``mlflow.data`` input named ``name`` with ``source`` (the raw folder).
+    and logs the index as an ``mlflow.data`` input named ``name`` with ``source`` (the raw folder),
+    in ``context``. The last index saved in a run sets the tag: the one the models trained on.
     """
 
     def __init__(
-        self, filepath: str, source: str, name: str = "image_index", metadata: dict[str, Any] | None = None
+        self,
+        filepath: str,
+        source: str,
+        name: str = "image_index",
+        context: str = "ingestion",
+        metadata: dict[str, Any] | None = None,
     ):
         # Here, not at the top: kedro_datasets.pandas imports all its datasets (SQLAlchemy's costs
         # 0.4 s), and the hooks import this module at every Kedro start-up.
         from kedro_datasets.pandas import CSVDataset
 
         self._csv = CSVDataset(filepath=filepath)
-        self._source, self._name = source, name
+        self._source, self._name, self._context = source, name, context
         self.metadata = metadata
 
     def load(self) -> pd.DataFrame:
@@ -57,7 +63,7 @@ class ImageIndexDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
             dataset = mlflow.data.from_pandas(
                 data, source=self._source_uri(), name=self._name, digest=digest[:32]
             )
-            mlflow.log_input(dataset, context="ingestion")
+            mlflow.log_input(dataset, context=self._context)
 
     def _source_uri(self) -> str:
         return self._source if "://" in self._source else Path(self._source).resolve().as_uri()

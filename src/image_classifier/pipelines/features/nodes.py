@@ -118,6 +118,8 @@ def compute_features(
             "features": feature_store.get_many(frame["key"].tolist()).astype(np.float32, copy=False),
             "labels": frame["label"].map(label_ids).to_numpy(dtype=np.int64),
             "paths": frame["path"].tolist(),
+            # Which view each vector is of (0: the plain image): the audit reads the plain ones.
+            "views": frame["view"].to_numpy(dtype=np.int64),
         }
         for split, frame in items.items()
     }

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from image_classifier.config import TrainingParams
 from image_classifier.hints import KerasModel
 from image_classifier.tracking import scalar_metrics
@@ -12,15 +15,26 @@ from image_classifier.tracking import scalar_metrics
 logger = logging.getLogger(__name__)
 
 
+def _indexed(features: dict[str, Any], image_index: pd.DataFrame) -> dict[str, Any]:
+    """The training vectors of the images the index still lists (the audit may leave some out)."""
+    kept = np.isin(features["paths"], image_index.loc[image_index["split"] == "train", "path"])
+    if kept.all():
+        return features
+    logger.info("Head: %d of %d training vectors left out by the audit", int((~kept).sum()), len(kept))
+    return {"features": features["features"][kept], "labels": features["labels"][kept]}
+
+
 def train_head(
     train_features: dict[str, Any],
     validation_features: dict[str, Any],
     test_features: dict[str, Any],
+    image_index: pd.DataFrame,
     class_names: list[str],
     training: dict[str, Any],
     seed: int,
 ) -> tuple[KerasModel, dict[str, Any], dict[str, list[float]]]:
-    """Fit the head with early stopping on validation loss; the best epoch's weights are kept."""
+    """Fit the head with early stopping on validation loss; the best epoch's weights are kept.
+    Only the training images ``image_index`` lists are trained on."""
     # TensorFlow and Keras here, not at the top: Kedro imports every node module at start-up.
     import keras
 
@@ -34,6 +48,7 @@ def train_head(
     from image_classifier.models import classifier_head, compile_classifier
 
     params = TrainingParams(**training)
+    train_features = _indexed(train_features, image_index)
     seed_everything(seed)
     n = len(class_names)
     head = classifier_head(train_features["features"].shape[1], n, params.dropout, seed, params.hidden_units)

@@ -12,6 +12,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "train_features",
                     "validation_features",
                     "test_features",
+                    "image_index",
                     "class_names",
                     "params:training",
                     "params:seed",

@@ -1,0 +1,147 @@
+"""The data audit: planted problems found with the right kind, and left out of training on request."""
+
+import hashlib
+import shutil
+
+import pandas as pd
+import pytest
+from PIL import Image, ImageOps
+
+from conftest import latest_run, run_session, scratch_project, tracked
+from image_classifier.config import ParameterError, validate_parameters
+from image_classifier.datasets import index_digest
+from image_classifier.pipelines.audit.nodes import REPORT_COLUMNS, exclude_flagged
+
+FAST = {"backbone.input_size": 96, "augmentation.views": 2, "training.epochs": 5}
+EVERYTHING = "[label_issues,cross_split_duplicates,outliers]"
+
+
+def _tree_digest(folder):
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, tiny_demo):
+    """The tiny demo set with a hat photo filed under pants, a mirrored copy of a test dress in
+    train, and a blank frame among the training hats."""
+    raw = tmp_path_factory.mktemp("planted") / "images"
+    shutil.copytree(tiny_demo, raw)
+    hat = sorted((raw / "train" / "hat").iterdir())[0]
+    flipped = f"train/pants/{hat.name}"
+    hat.rename(raw / flipped)
+    original = sorted((raw / "test" / "dress").iterdir())[0]
+    with Image.open(original) as photo:
+        ImageOps.mirror(photo.convert("RGB")).save(raw / "train" / "dress" / "mirrored.jpg", quality=92)
+    Image.new("RGB", (200, 160), (128, 128, 128)).save(raw / "train" / "hat" / "blank.png")
+    return raw, {
+        "flipped": flipped,
+        "copy": "train/dress/mirrored.jpg",
+        "original": f"test/dress/{original.name}",
+        "blank": "train/hat/blank.png",
+    }
+
+
+@pytest.mark.slow
+def test_the_audit_flags_each_planted_problem_and_excluding_them_leaves_the_raw_folder_alone(
+    tmp_path, planted
+):
+    raw, files = planted
+    project = scratch_project(tmp_path / "project", raw)
+    before = _tree_digest(project / "data" / "01_raw" / "images")
+    with tracked(project) as client:
+        run_session(project, ["ingestion", "augmentation", "features", "audit"], **FAST)
+        report = pd.read_csv(project / "data" / "08_reporting" / "audit.csv")
+        assert list(report.columns) == REPORT_COLUMNS
+        flags = {(row.path, row.issue): row for row in report.itertuples()}
+
+        label = flags[(files["flipped"], "label_issue")]
+        assert (label.split, label.given_label, label.suggested_label) == ("train", "pants", "hat")
+        copy = flags[(files["copy"], "cross_split_duplicate")]
+        assert (copy.partner, copy.partner_split) == (files["original"], "test")
+        assert (files["original"], "cross_split_duplicate") in flags
+        assert (files["blank"], "outlier") in flags
+
+        run = latest_run(client)
+        assert run.data.metrics["audit.label_issues"] >= 1
+        assert run.data.metrics["audit.cross_split_duplicates"] >= 1
+        assert run.data.metrics["audit.outliers"] >= 1
+        assert run.data.metrics["audit.near_duplicates"] >= 2
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {
+            "audit.csv",
+            "audit_label_issues.png",
+            "audit_cross_split_duplicates.png",
+            "audit_outliers.png",
+            "audit_excluded.csv",
+        } <= artifacts
+        index = pd.read_csv(project / "data" / "02_intermediate" / "image_index.csv")
+        # Nothing excluded by default: training reads the whole index.
+        assert run.data.tags["dataset_digest"] == index_digest(index)
+
+        run_session(project, ["audit", "training"], **FAST, **{"audit.exclude": EVERYTHING})
+        trained_on = pd.read_csv(project / "data" / "05_model_input" / "training_index.csv")
+        left_out = {files["flipped"], files["copy"], files["blank"]}
+        assert left_out.isdisjoint(trained_on["path"])
+        assert files["original"] in set(trained_on["path"])  # the test side of the pair stays
+        assert set(index["path"]) - set(trained_on["path"]) <= set(
+            report.loc[report["split"] == "train", "path"]
+        )
+        excluded = pd.read_csv(project / "data" / "08_reporting" / "audit_excluded.csv")
+        reasons = dict(zip(excluded["path"], excluded["reason"], strict=True))
+        assert "label_issues" in reasons[files["flipped"]]
+        assert reasons[files["copy"]] == "cross_split_duplicates" and reasons[files["blank"]] == "outliers"
+        run = latest_run(client)
+        assert run.data.tags["dataset_digest"] == index_digest(trained_on) != index_digest(index)
+        assert "audit_excluded.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert _tree_digest(project / "data" / "01_raw" / "images") == before
+
+
+def _report(rows):
+    return pd.DataFrame([dict.fromkeys(REPORT_COLUMNS) | row for row in rows], columns=REPORT_COLUMNS)
+
+
+def test_exclusion_drops_only_training_images_of_the_chosen_kinds():
+    index = pd.DataFrame(
+        {
+            "path": ["train/a/1.jpg", "train/a/2.jpg", "train/b/3.jpg", "validation/a/4.jpg", "test/b/5.jpg"],
+            "label": ["a", "a", "b", "a", "b"],
+            "split": ["train", "train", "train", "validation", "test"],
+            "sha256": list("12345"),
+        }
+    )
+    report = _report(
+        [
+            {"path": "train/a/1.jpg", "split": "train", "issue": "label_issue"},
+            {"path": "validation/a/4.jpg", "split": "validation", "issue": "label_issue"},
+            {
+                "path": "train/b/3.jpg",
+                "split": "train",
+                "issue": "cross_split_duplicate",
+                "partner": "test/b/5.jpg",
+            },
+            {
+                "path": "test/b/5.jpg",
+                "split": "test",
+                "issue": "cross_split_duplicate",
+                "partner": "train/b/3.jpg",
+            },
+            {"path": "train/a/2.jpg", "split": "train", "issue": "near_duplicate"},
+        ]
+    )
+    kept, excluded = exclude_flagged(index, report, {"exclude": ["label_issues", "cross_split_duplicates"]})
+    assert list(kept["path"]) == ["train/a/2.jpg", "validation/a/4.jpg", "test/b/5.jpg"]
+    assert dict(zip(excluded["path"], excluded["reason"], strict=True)) == {
+        "train/a/1.jpg": "label_issues",
+        "train/b/3.jpg": "cross_split_duplicates",
+    }
+    kept, excluded = exclude_flagged(index, report, {"exclude": []})
+    assert kept.equals(index) and excluded.empty and list(excluded.columns) == ["path", "reason"]
+
+
+def test_an_unknown_exclusion_kind_is_refused_by_name():
+    with pytest.raises(ParameterError, match=r"audit\.exclude\.0"):
+        validate_parameters({"audit": {"exclude": ["near_duplicates"]}})
