@@ -35,40 +35,14 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import mlflow
-from common import demo_folder, scratch_project
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
-from omegaconf import OmegaConf
+from common import demo_folder, kedro_run, scratch_project
 from PIL import Image
 
 from image_classifier.pipeline_registry import DEFAULT_STAGES
-
-
-def _run(project: Path, pipelines: list[str], **dotted) -> dict[str, float]:
-    """One ``kedro run --pipelines … --params …``; returns its MLflow metrics and wall time."""
-    params = OmegaConf.to_container(OmegaConf.from_dotlist([f"{k}={v}" for k, v in dotted.items()]))
-    bootstrap_project(project)
-    start = time.perf_counter()
-    with KedroSession.create(project_path=project, runtime_params=params) as session:
-        session.run(pipeline_names=pipelines)
-    seconds = time.perf_counter() - start
-    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("image_classifier")
-    run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])[0]
-    histories = {
-        name: [
-            m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)
-        ]
-        for name in ("history/finetune.val_loss", "history/finetune.val_accuracy")
-    }
-    return {**run.data.metrics, **histories, "wall_s": seconds}
-
 
 # The default before issue 16 ran 4 epochs under Keras' early stopping on validation loss with
 # patience 2, so 3 or 4. Here all 4 run (today's rule would otherwise cut it after 2), and
@@ -151,7 +125,7 @@ def compare_recipes(project: Path, raw: Path, scratch: Path, args: argparse.Name
             for recipe in args.recipes_to_run.split(","):
                 runs = []
                 for seed in map(int, args.seeds.split(",")):
-                    run = _run(
+                    run = kedro_run(
                         project,
                         ["__default__"],
                         raw_images_dir=folder,
@@ -223,11 +197,11 @@ def main() -> None:
             compare_recipes(project, raw, Path(scratch), args)
             return
 
-        full = _run(project, ["__default__"], raw_images_dir=raw)
-        one_view = _run(
+        full = kedro_run(project, ["__default__"], raw_images_dir=raw)
+        one_view = kedro_run(
             project, ["augmentation", "features", "training"], raw_images_dir=raw, **{"augmentation.views": 1}
         )
-        baseline = None if args.no_baseline else _run(project, ["baseline"], raw_images_dir=raw)
+        baseline = None if args.no_baseline else kedro_run(project, ["baseline"], raw_images_dir=raw)
 
     print(f"demo data: {raw}")
     print(f"head only, 1 view (plain images):   test accuracy {one_view['head.test_accuracy']:.4f}")

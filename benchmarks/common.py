@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
+
+import mlflow
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,3 +41,23 @@ def scratch_project(root: Path, share_feature_cache: bool = True) -> Path:
         (ROOT / "data/04_feature").mkdir(parents=True, exist_ok=True)
         (root / "data/04_feature").symlink_to(ROOT / "data/04_feature")
     return root
+
+
+def kedro_run(project: Path, pipelines: list[str], **dotted) -> dict[str, float]:
+    """One ``kedro run --pipelines … --params …``; returns its MLflow metrics and wall time."""
+    params = OmegaConf.to_container(OmegaConf.from_dotlist([f"{k}={v}" for k, v in dotted.items()]))
+    bootstrap_project(project)
+    start = time.perf_counter()
+    with KedroSession.create(project_path=project, runtime_params=params) as session:
+        session.run(pipeline_names=pipelines)
+    seconds = time.perf_counter() - start
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("image_classifier")
+    run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])[0]
+    histories = {
+        name: [
+            m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)
+        ]
+        for name in ("history/finetune.val_loss", "history/finetune.val_accuracy")
+    }
+    return {**run.data.metrics, **histories, "wall_s": seconds}

@@ -373,7 +373,9 @@ def compare_engines(params: dict[str, Any], raw, index, scratch: Path, fraction:
         base = base or {"a": a, "b": b}
         _, _, cached = _compute(_params(features), scratch / f"{engine}-{precision}", fraction)
         train, validation, test = cached[:3]
-        _, metrics, _ = train_head(train, validation, test, cached[3], params["training"], params["seed"])
+        _, metrics, _ = train_head(
+            train, validation, test, index, cached[3], params["training"], params["seed"]
+        )
         print(
             f"    {engine:<13} {precision:<9}  {a:6.1f} ({a / base['a']:4.2f}x)  {b:6.1f} img/s ({b / base['b']:4.2f}x)"
             f"   {b / a:6.3f}        {metrics['head.test_accuracy']['value']:.4f}"

@@ -1,0 +1,221 @@
+"""The data audit on a corrupted copy of the demo photos: precision and recall per kind, its cost
+next to a warm run's, and what leaving the flagged images out does to test accuracy.
+
+    .venv/bin/python benchmarks/audit.py                  # everything (~20 min)
+    .venv/bin/python benchmarks/audit.py --no-training    # detection and thresholds only (~3 min)
+
+The corruption, seeded (--seed): 5% of the training photos are moved to another class (their
+label flipped); 30 test photos are copied into train under their own class, 6 each of: mirrored,
+a 90% centre crop, re-encoded at JPEG quality 40, resized to half, rotated by 3-8 degrees; 20
+outliers are added to train under random classes (7 blank frames, 7 screenshots of text, 6 of
+random noise). The demo folder itself is never written to: the copy is hard links plus the new
+files, under a temporary folder.
+
+Each audit runs `kedro run --pipelines ingestion,augmentation,features,audit` in a scratch copy of
+the project sharing the feature cache. Printed: the audit of the clean demo photos (what the data
+already holds), then for the corrupted copy, per kind, precision and recall with the shipped
+thresholds, and a table of other thresholds (label issues: each cut-off of the given label's
+out-of-fold probability, offline from one audit; near duplicates and outliers: one audit each).
+Label-issue precision is shown twice: against the flips only, and not counting the images the
+clean audit already flags (real label errors of the demo photos, which no flip explains).
+
+Without --no-training: two warm `kedro run`s of the whole default pipeline on the corrupted copy,
+(a) as it is and (b) with `audit.exclude=[label_issues,cross_split_duplicates,outliers]`, and
+their test accuracy on the clean test split (the planted copies live in train). The audit's wall
+time is read from (a)'s `diagnostics/time.audit_s`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import numpy as np
+import pandas as pd
+from common import demo_folder, kedro_run, scratch_project
+from PIL import Image, ImageDraw
+
+from image_classifier.pipeline_registry import DEFAULT_STAGES
+
+_NEAR_COPIES = ("mirror", "crop90", "jpeg40", "half", "rotate")
+_AUDIT_PIPELINES = ["ingestion", "augmentation", "features", "audit"]
+_EVERYTHING = "[label_issues,cross_split_duplicates,outliers]"
+
+
+def _near_copy(photo: Image.Image, kind: str, rng: np.random.Generator, target: Path) -> None:
+    if kind == "mirror":
+        photo = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    elif kind == "crop90":
+        dx, dy = round(photo.width * 0.05), round(photo.height * 0.05)
+        photo = photo.crop((dx, dy, photo.width - dx, photo.height - dy))
+    elif kind == "half":
+        photo = photo.resize((photo.width // 2, photo.height // 2), Image.Resampling.LANCZOS)
+    elif kind == "rotate":
+        photo = photo.rotate(float(rng.uniform(3, 8) * rng.choice([-1, 1])), Image.Resampling.BILINEAR)
+    photo.save(target, quality=40 if kind == "jpeg40" else 92)
+
+
+def _outlier(index: int, rng: np.random.Generator, target: Path) -> None:
+    size = (int(rng.integers(300, 600)), int(rng.integers(300, 600)))
+    if index % 3 == 0:
+        image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 256, 3)))
+    elif index % 3 == 1:
+        image = Image.new("RGB", size, "white")
+        draw = ImageDraw.Draw(image)
+        for line in range(int(rng.integers(8, 20))):
+            words = " ".join("".join(rng.choice(list("abcdefghijklmnop"), 6)) for _ in range(5))
+            draw.text((10, 10 + 18 * line), words, fill="black")
+    else:
+        image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    image.save(target, quality=90)
+
+
+def corrupt(raw: Path, target: Path, seed: int) -> dict[str, set[str]]:
+    """The corrupted copy of ``raw`` under ``target``; returns the planted paths of each kind
+    (relative, as the audit reports them): ``flips``, ``copies`` (train side, mapped to their
+    test original in ``originals``), ``outliers``."""
+    rng = np.random.default_rng(seed)
+    classes = sorted(p.name for p in (raw / "train").iterdir() if p.is_dir())
+    photos = {
+        split: sorted(p for p in (raw / split).glob("*/*") if p.is_file())
+        for split in ("train", "validation", "test")
+    }
+    flipped = set(
+        rng.choice(len(photos["train"]), round(0.05 * len(photos["train"])), replace=False).tolist()
+    )
+    planted: dict[str, set[str]] = {"flips": set(), "copies": set(), "outliers": set()}
+    for split, files in photos.items():
+        for i, photo in enumerate(files):
+            label = photo.parent.name
+            if split == "train" and i in flipped:
+                label = str(rng.choice([c for c in classes if c != photo.parent.name]))
+                planted["flips"].add(f"train/{label}/{photo.name}")
+            (target / split / label).mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(photo, target / split / label / photo.name)
+            except OSError:  # another file system
+                shutil.copy(photo, target / split / label / photo.name)
+    originals = {}
+    for n, i in enumerate(rng.choice(len(photos["test"]), 30, replace=False)):
+        source = photos["test"][i]
+        kind = _NEAR_COPIES[n % len(_NEAR_COPIES)]
+        relative = f"train/{source.parent.name}/copy{n:02d}-{kind}.jpg"
+        with Image.open(source) as photo:
+            _near_copy(photo.convert("RGB"), kind, rng, target / relative)
+        planted["copies"].add(relative)
+        originals[relative] = f"test/{source.parent.name}/{source.name}"
+    for n in range(20):
+        relative = f"train/{rng.choice(classes)}/outlier{n:02d}.jpg"
+        _outlier(n, rng, target / relative)
+        planted["outliers"].add(relative)
+    planted["originals"] = originals  # type: ignore[assignment]
+    return planted
+
+
+def _audit(project: Path, raw: Path, **params) -> tuple[pd.DataFrame, dict[str, float]]:
+    run = kedro_run(project, _AUDIT_PIPELINES, raw_images_dir=raw, **params)
+    return pd.read_csv(project / "data/08_reporting/audit.csv"), run
+
+
+def _pr(found: set[str], planted: set[str]) -> str:
+    hits = len(found & planted)
+    precision = hits / len(found) if found else float("nan")
+    return f"precision {precision:.3f} ({hits}/{len(found)}), recall {hits / len(planted):.3f} ({hits}/{len(planted)})"
+
+
+def _kind(report: pd.DataFrame, issue: str, split: str = "train") -> pd.DataFrame:
+    return report.loc[(report["issue"] == issue) & (report["split"] == split)]
+
+
+def detection(project: Path, raw: Path, corrupted: Path, planted: dict) -> None:
+    clean, _ = _audit(project, raw, **{"audit.label_max_score": 1.0})
+    print(
+        f"clean demo photos: {len(_kind(clean, 'label_issue'))} train label issues (any score), "
+        f"{int((clean['issue'] == 'cross_split_duplicate').sum())} cross-split duplicate rows, "
+        f"{int((clean['issue'] == 'outlier').sum())} outliers"
+    )
+    # The same photo keeps its file name in the copy, whatever class folder it was moved to.
+    suspects = {Path(p).name for p in _kind(clean, "label_issue")["path"]}
+    report, run = _audit(project, corrupted, **{"audit.label_max_score": 1.0})
+    print(f"audit stage {run.get('diagnostics/time.audit_s', float('nan')):.1f} s (warm features)")
+
+    labels = _kind(report, "label_issue")
+    print("label flips (train), by the given label's out-of-fold probability cut-off:")
+    for cut in (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01):
+        found = set(labels.loc[labels["score"] < cut, "path"])
+        new = {p for p in found if Path(p).name not in suspects}
+        print(
+            f"  < {cut:<5} {_pr(found, planted['flips'])}; not counting the clean audit's suspects: {_pr(new, planted['flips'])}"
+        )
+
+    for threshold in (0.13, 0.3, 0.35, 0.4):
+        report, _ = _audit(project, corrupted, **{"audit.near_duplicate_threshold": threshold})
+        crossing = report.loc[(report["issue"] == "cross_split_duplicate") & (report["split"] == "train")]
+        pairs = {(p, q) for p, q in zip(crossing["path"], crossing["partner"], strict=True)}
+        right = {p for p, q in pairs if planted["originals"].get(p) == q}
+        by_kind = {k: sum(1 for p in right if p.endswith(f"-{k}.jpg")) for k in _NEAR_COPIES}
+        print(
+            f"near duplicates across splits, threshold {threshold}: {_pr({p for p, _ in pairs}, planted['copies'])}; "
+            f"pairs right {len(right)}/{len(planted['copies'])} by kind {by_kind}; "
+            f"all cross-split pairs {int(report['issue'].eq('cross_split_duplicate').sum())} rows"
+        )
+    for threshold in (0.37037, 0.25, 0.15, 0.1):
+        report, _ = _audit(project, corrupted, **{"audit.outlier_threshold": threshold})
+        print(
+            f"outliers (train), threshold {threshold}: {_pr(set(_kind(report, 'outlier')['path']), planted['outliers'])}"
+        )
+
+
+def training(project: Path, corrupted: Path) -> None:
+    runs = {
+        "(a) corrupted": kedro_run(project, ["__default__"], raw_images_dir=corrupted),
+        "(b) audit.exclude all": kedro_run(
+            project, ["__default__"], raw_images_dir=corrupted, **{"audit.exclude": _EVERYTHING}
+        ),
+    }
+    for name, run in runs.items():
+        print(
+            f"{name}: finetune.test_accuracy {run.get('finetune.test_accuracy', float('nan')):.4f}, "
+            f"final test_accuracy {run['test_accuracy']:.4f}, head.test_accuracy {run['head.test_accuracy']:.4f}, "
+            f"wall {run['wall_s']:.0f} s"
+        )
+    a = runs["(a) corrupted"]
+    stages = {stage: a.get(f"diagnostics/time.{stage}_s", 0.0) for stage in DEFAULT_STAGES}
+    print(
+        f"audit {stages['audit']:.1f} s of the warm run's {sum(stages.values()):.1f} s of stages "
+        f"({stages['audit'] / sum(stages.values()):.1%}); "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-training", action="store_true", help="detection only, no full runs")
+    args = parser.parse_args()
+    raw = demo_folder()
+    with tempfile.TemporaryDirectory(prefix="audit-bench-") as scratch:
+        corrupted = Path(scratch) / "corrupted"
+        planted = corrupt(raw, corrupted, args.seed)
+        project = scratch_project(Path(scratch) / "project")
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
+        os.environ["MLFLOW_ARTIFACT_LOCATION"] = str(project / "mlruns")
+        os.chdir(project)
+        print(
+            f"demo {raw}; planted: {len(planted['flips'])} label flips, {len(planted['copies'])} near copies of "
+            f"test photos in train, {len(planted['outliers'])} outliers"
+        )
+        detection(project, raw, corrupted, planted)
+        if not args.no_training:
+            training(project, corrupted)
+
+
+if __name__ == "__main__":
+    main()
