@@ -16,8 +16,9 @@ the project sharing the feature cache. Printed: the audit of the clean demo phot
 already holds), then for the corrupted copy, per kind, precision and recall with the shipped
 thresholds, and a table of other thresholds (label issues: each cut-off of the given label's
 out-of-fold probability, offline from one audit; near duplicates and outliers: one audit each).
-Label-issue precision is shown twice: against the flips only, and not counting the images the
-clean audit already flags (real label errors of the demo photos, which no flip explains).
+Label-issue precision is shown twice: against the flips only, and not counting the photos the
+clean audit flags too at that cut-off (label errors of the demo photos themselves, or photos
+between two classes, which no flip explains).
 
 Without --no-training: two warm `kedro run`s of the whole default pipeline on the corrupted copy,
 (a) as it is and (b) with `audit.exclude=[label_issues,cross_split_duplicates,outliers]`, and
@@ -40,6 +41,7 @@ import pandas as pd
 from common import demo_folder, kedro_run, scratch_project
 from PIL import Image, ImageDraw
 
+from image_classifier.config import AuditParams
 from image_classifier.pipeline_registry import DEFAULT_STAGES
 
 _NEAR_COPIES = ("mirror", "crop90", "jpeg40", "half", "rotate")
@@ -133,24 +135,36 @@ def _kind(report: pd.DataFrame, issue: str, split: str = "train") -> pd.DataFram
 
 
 def detection(project: Path, raw: Path, corrupted: Path, planted: dict) -> None:
-    clean, _ = _audit(project, raw, **{"audit.label_max_score": 1.0})
+    # label_max_score 1: every image gets a label_issue row with its score, so that each cut-off
+    # below is applied offline to one audit (the flag is score < cut-off, nothing else).
+    every_score = {"audit.label_max_score": 1.0}
+    clean, _ = _audit(project, raw, **every_score)
+    # The same photo keeps its file name in the copy, whatever class folder it was moved to.
+    clean_scores = dict(
+        zip(
+            _kind(clean, "label_issue")["path"].map(lambda p: Path(p).name),
+            _kind(clean, "label_issue")["score"],
+            strict=True,
+        )
+    )
+    shipped = AuditParams().label_max_score
     print(
-        f"clean demo photos: {len(_kind(clean, 'label_issue'))} train label issues (any score), "
-        f"{int((clean['issue'] == 'cross_split_duplicate').sum())} cross-split duplicate rows, "
+        f"clean demo photos: {sum(score < shipped for score in clean_scores.values())} train label issues "
+        f"(< {shipped}), {int((clean['issue'] == 'cross_split_duplicate').sum())} cross-split duplicate rows, "
         f"{int((clean['issue'] == 'outlier').sum())} outliers"
     )
-    # The same photo keeps its file name in the copy, whatever class folder it was moved to.
-    suspects = {Path(p).name for p in _kind(clean, "label_issue")["path"]}
-    report, run = _audit(project, corrupted, **{"audit.label_max_score": 1.0})
+    report, run = _audit(project, corrupted, **every_score)
     print(f"audit stage {run.get('diagnostics/time.audit_s', float('nan')):.1f} s (warm features)")
 
     labels = _kind(report, "label_issue")
     print("label flips (train), by the given label's out-of-fold probability cut-off:")
-    for cut in (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01):
+    for cut in (0.2, 0.1, 0.05, 0.04, 0.03, 0.02):
         found = set(labels.loc[labels["score"] < cut, "path"])
-        new = {p for p in found if Path(p).name not in suspects}
+        # Flags the clean audit raises too, on photos that were not flipped: the demo's own.
+        own = {p for p in found - planted["flips"] if clean_scores.get(Path(p).name, 1.0) < cut}
         print(
-            f"  < {cut:<5} {_pr(found, planted['flips'])}; not counting the clean audit's suspects: {_pr(new, planted['flips'])}"
+            f"  < {cut:<5} {_pr(found, planted['flips'])}; "
+            f"not counting {len(own)} flags of the clean audit: {_pr(found - own, planted['flips'])}"
         )
 
     for threshold in (0.13, 0.3, 0.35, 0.4):
@@ -164,10 +178,13 @@ def detection(project: Path, raw: Path, corrupted: Path, planted: dict) -> None:
             f"pairs right {len(right)}/{len(planted['copies'])} by kind {by_kind}; "
             f"all cross-split pairs {int(report['issue'].eq('cross_split_duplicate').sum())} rows"
         )
-    for threshold in (0.37037, 0.25, 0.15, 0.1):
-        report, _ = _audit(project, corrupted, **{"audit.outlier_threshold": threshold})
+    for neighbours, threshold in ((10, 0.37037), (30, 0.25), (30, 0.37037), (30, 0.5)):
+        report, _ = _audit(
+            project, corrupted, **{"audit.neighbours": neighbours, "audit.outlier_threshold": threshold}
+        )
         print(
-            f"outliers (train), threshold {threshold}: {_pr(set(_kind(report, 'outlier')['path']), planted['outliers'])}"
+            f"outliers (train), {neighbours} neighbours, threshold {threshold}: "
+            f"{_pr(set(_kind(report, 'outlier')['path']), planted['outliers'])}"
         )
 
 

@@ -239,10 +239,10 @@ class AuditParams(_Strict):
         5, ge=2, description="heads whose held-out predictions give every image out-of-fold probabilities"
     )
     label_max_score: float = Field(
-        0.05,
+        0.04,
         gt=0.0,
         le=1.0,
-        description="a label issue needs the heads' probability of the given label below this",
+        description="label issues: the heads' out-of-fold probability of the given label is below this",
     )
     neighbours: int = Field(
         30, ge=1, description="nearest neighbours that near duplicates and outliers are judged by"

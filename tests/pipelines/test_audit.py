@@ -3,6 +3,7 @@
 import hashlib
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageOps
@@ -10,7 +11,7 @@ from PIL import Image, ImageOps
 from conftest import latest_run, run_session, scratch_project, tracked
 from image_classifier.config import ParameterError, validate_parameters
 from image_classifier.datasets import index_digest
-from image_classifier.pipelines.audit.nodes import REPORT_COLUMNS, exclude_flagged
+from image_classifier.pipelines.audit.nodes import REPORT_COLUMNS, exclude_flagged, find_issues
 
 FAST = {"backbone.input_size": 96, "augmentation.views": 2, "training.epochs": 5}
 EVERYTHING = "[label_issues,cross_split_duplicates,outliers]"
@@ -145,3 +146,34 @@ def test_exclusion_drops_only_training_images_of_the_chosen_kinds():
 def test_an_unknown_exclusion_kind_is_refused_by_name():
     with pytest.raises(ParameterError, match=r"audit\.exclude\.0"):
         validate_parameters({"audit": {"exclude": ["near_duplicates"]}})
+
+
+def _features(rng, split, labels, centres):
+    vectors = centres[labels] + rng.normal(scale=0.5, size=(len(labels), centres.shape[1]))
+    paths = [f"{split}/{'abc'[label]}/{i}.png" for i, label in enumerate(labels)]
+    return {
+        "features": vectors.astype(np.float32),
+        "labels": labels,
+        "paths": paths,
+        "views": np.zeros(len(labels), int),
+    }
+
+
+def test_the_same_features_and_seed_give_the_same_report():
+    rng = np.random.default_rng(0)
+    centres = np.abs(rng.normal(size=(3, 24))) * 4
+    sets = [
+        _features(rng, split, np.repeat(np.arange(3), n), centres)
+        for split, n in (("train", 30), ("validation", 8), ("test", 8))
+    ]
+    sets[0]["labels"][0] = 1  # a flipped label
+    sets[0]["features"][-1] = sets[2]["features"][0] + 1e-4  # a test photo copied into train
+    reports = [find_issues(*sets, ["a", "b", "c"], {}, seed=7) for _ in range(2)]
+    pd.testing.assert_frame_equal(reports[0][0], reports[1][0])
+    assert reports[0][1] == reports[1][1]
+    flags = set(zip(reports[0][0]["path"], reports[0][0]["issue"], strict=True))
+    assert ("train/a/0.png", "label_issue") in flags
+    assert ("train/c/89.png", "cross_split_duplicate") in flags and (
+        "test/a/0.png",
+        "cross_split_duplicate",
+    ) in flags
