@@ -29,5 +29,6 @@ def thumbnail_grid(
     if not cells:
         axes.flat[0].text(0.5, 0.5, empty, ha="center", va="center")
     figure.suptitle(title)
-    figure.tight_layout()
+    # Half an inch on top for the title, which tight_layout alone lets the first captions overlap.
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.5 / figure.get_figheight()))
     return figure

@@ -220,6 +220,12 @@ def plot_label_issues(
     )
 
 
+def _caption(split: str, path: str, width: int = 34) -> str:
+    """``split`` over the path, its middle cut so that two fit side by side (the CSV has it whole)."""
+    short = path if len(path) <= width else f"{path[: width // 2 - 1]}…{path[-(width // 2) :]}"
+    return f"{split}\n{short}"
+
+
 def plot_cross_split_duplicates(
     audit_report: pd.DataFrame, raw_images: ImageFolder, ingestion: dict[str, Any], audit: dict[str, Any]
 ) -> Figure:
@@ -233,8 +239,8 @@ def plot_cross_split_duplicates(
     cells = []
     for row in pairs.itertuples():
         cells += [
-            (row.path, f"{row.split}: {row.path}"),
-            (row.partner, f"{row.partner_split}: {row.partner}"),
+            (row.path, _caption(row.split, row.path)),
+            (row.partner, _caption(row.partner_split, row.partner)),
         ]
     return _gallery(
         cells,
