@@ -10,9 +10,10 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from kedro_datasets.pandas import CSVDataset
 
-from conftest import PROJECT_ROOT, write_photo
+from conftest import PROJECT_ROOT, run_session, scratch_project, tracked, write_photo
 from image_classifier.config import sweep_namespace
 from image_classifier.datasets import ImageFolderDataset
+from image_classifier.errors import find_project_error
 from image_classifier.pipeline_registry import DEFAULT_STAGES, register_pipelines
 from image_classifier.pipelines import augmentation, features, ingestion, sweep, training
 from image_classifier.settings import CONFIG_LOADER_ARGS
@@ -137,3 +138,19 @@ def test_ingestion_and_augmentation_run_on_an_in_memory_catalog(tmp_path, conf):
     views = parameters["augmentation"]["views"]
     assert len(plan) == 6 * views and set(plan["view"]) == set(range(views))
     assert outputs["ingestion_metrics"].load()["diagnostics/ingestion.accepted"]["value"] == 10
+
+
+def test_a_stage_run_before_the_stages_it_needs_names_them_and_opens_no_run(tmp_path):
+    project = scratch_project(tmp_path / "project")
+    with tracked(project) as client:
+        with pytest.raises(Exception) as raised:
+            run_session(project, "evaluation")
+        error = find_project_error(raised.value)
+        assert error is not None, raised.value
+        message = str(error)
+        assert "training_index: written by the audit stage (kedro run --pipelines audit)" in message
+        assert "classifier_model: written by the fine_tuning stage" in message
+        assert "class_names: written by the ingestion stage" in message
+        assert "raw_images" not in message  # no stage writes it: the folder has its own check
+        experiment = client.get_experiment_by_name("image_classifier")
+        assert experiment is None or not client.search_runs([experiment.experiment_id])

@@ -102,6 +102,34 @@ def _in_sweep(node: Node) -> bool:
     return (node.namespace or "").startswith("sweep.")
 
 
+class MissingInputError(ProjectError):
+    """A stage run alone whose inputs an earlier stage has not written yet."""
+
+
+class MissingInputsHook:
+    """Before a partial run (``kedro run --pipelines evaluation``), name each input that an
+    earlier stage writes and that is not there yet, with the stage to run first: Kedro's own
+    error, from the first node that loads it, is a dataset's repr and an errno."""
+
+    # tryfirst: before kedro-mlflow opens a run that this refusal would leave open.
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, pipeline: Pipeline, catalog: Any) -> None:
+        producers = {name: p for name, p in pipelines.items() if name != "__default__"}
+        missing = []
+        for name in sorted(pipeline.inputs()):
+            makers = [stage for stage, p in producers.items() if name in p.outputs()]
+            if not makers or catalog.exists(name):
+                continue
+            # The smallest pipeline that writes it: the stage itself, not a composite.
+            stage = min(makers, key=lambda stage: (len(producers[stage].nodes), stage))
+            missing.append(f"  - {name}: written by the {stage} stage (kedro run --pipelines {stage})")
+        if missing:
+            raise MissingInputError(
+                "This run needs outputs of earlier stages that are not there yet; run those stages "
+                "first, or everything with `kedro run`:\n" + "\n".join(missing)
+            )
+
+
 class TrackingServerHook:
     """Stop at once, with a clear message, when the MLflow tracking server cannot be reached:
     MLflow would otherwise retry each request for minutes, or fail after hours of training."""

@@ -8,6 +8,7 @@ from kedro.utils import find_kedro_project
 from omegaconf.resolvers import oc
 
 from image_classifier.hooks import (
+    MissingInputsHook,
     ParamsDigestHook,
     RunLockHook,
     RunProcessTagsHook,
@@ -50,6 +51,7 @@ HOOKS = (
     SqliteStoreHook(),
     RunLockHook(),
     ValidateParametersHook(),
+    MissingInputsHook(),
     RunSummaryHook(),
     SystemMetricsHook(),
     ParamsDigestHook(),
