@@ -343,8 +343,10 @@ class RunSummaryHook:
             if "promotion" not in pipeline.all_outputs() and crown_if_none(version.name, version.version):
                 registered += f" and made `{CHAMPION_ALIAS}` (the first model of the project)"
         counts = None
-        if "image_index" in pipeline.datasets() and catalog.exists("image_index"):
-            index = catalog.load("image_index")
+        # The images the models were trained on, when the audit left some out.
+        used = [name for name in ("training_index", "image_index") if name in pipeline.datasets()]
+        if used and catalog.exists(used[0]):
+            index = catalog.load(used[0])
             counts = index["split"].value_counts().reindex(["train", "validation", "test"]).dropna()
             counts = {split: int(n) for split, n in counts.items()}
         previous = _previous_run(client, run, run_id)

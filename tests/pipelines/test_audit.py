@@ -97,6 +97,10 @@ def test_the_audit_flags_each_planted_problem_and_excluding_them_leaves_the_raw_
         assert reasons[files["copy"]] == "cross_split_duplicates" and reasons[files["blank"]] == "outliers"
         run = latest_run(client)
         assert run.data.tags["dataset_digest"] == index_digest(trained_on) != index_digest(index)
+        # The run's description counts the images trained on.
+        trained = int((trained_on["split"] == "train").sum())
+        assert trained < int((index["split"] == "train").sum())
+        assert f"train {trained}" in run.data.tags["mlflow.note.content"]
         assert "audit_excluded.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert _tree_digest(project / "data" / "01_raw" / "images") == before
 
