@@ -47,7 +47,7 @@ def _tinted_folder(root: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_baseline_learns_and_reports_its_metrics(tmp_path):
+def test_baseline_learns_and_reports_its_metrics(tmp_path, capsys):
     raw = ImageFolderDataset(str(_tinted_folder(tmp_path / "raw"))).load()
     index, _ = index_images(raw, {"validation": 0.1, "test": 0.1}, {}, seed=0)
     baseline = {
@@ -66,3 +66,7 @@ def test_baseline_learns_and_reports_its_metrics(tmp_path):
     assert sorted(history) == ["accuracy", "loss", "val_accuracy", "val_loss"]
     assert metrics["baseline.test_accuracy"]["value"] > 0.7
     assert [p["step"] for p in metrics["history/baseline.loss"]] == list(range(len(history["loss"])))
+    # A bar over the training photos each epoch, as fine-tuning shows.
+    train_photos = int((index["split"] == "train").sum())
+    shown = capsys.readouterr().err
+    assert "baseline epoch 1/8: 100%" in shown and f"| {train_photos}/{train_photos} " in shown

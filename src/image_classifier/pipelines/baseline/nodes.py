@@ -28,6 +28,7 @@ def train_baseline(
     """Train the scratch convnet with online augmentation; score it on validation and test."""
     # TensorFlow and Keras here, not at the top: Kedro imports every node module at start-up.
     from image_classifier.fitting import (
+        ImageProgress,
         fit_callbacks,
         history_metrics,
         plain_history,
@@ -58,14 +59,18 @@ def train_baseline(
 
     limits = IngestionParams(**ingestion)
     train = batches("train", ViewLoader(raw_images, limits, size, transforms, seed))
+    train_images = int((image_index["split"] == "train").sum())
     validation, test = (batches(s, ViewLoader(raw_images, limits, size)) for s in ("validation", "test"))
     logger.info("Baseline: %d-block convnet from scratch at %d px", len(params.conv_blocks), size)
     fit = model.fit(
         train,
         validation_data=validation,
         epochs=params.epochs,
-        callbacks=fit_callbacks(params.patience, "baseline.learning_rate"),
-        verbose=2,
+        callbacks=[
+            ImageProgress(train_images, params.batch_size, "baseline"),
+            *fit_callbacks(params.patience, "baseline.learning_rate"),
+        ],
+        verbose=0,
     )
     scores = {
         name: float(model.evaluate(data, verbose=0, return_dict=True)["accuracy"])
