@@ -96,6 +96,7 @@ def test_model_settings_leave_out_what_does_not_change_the_model():
         {"retraining": {"min_improvement": 0.5}},
         {"sweep": {"throughput_images": 0}},
         {"raw_images_dir": "/photos"},
+        {"audit": {"label_max_score": 0.1, "neighbours": 5}},  # report only: nothing excluded
     ]
     for change in same:
         assert model_settings(validate_parameters(change)) == base, change
@@ -107,6 +108,12 @@ def test_model_settings_leave_out_what_does_not_change_the_model():
         {"backbone": {"input_size": 160}},
         {"features": {"storage": "fp16"}},
         {"split": {"test": 0.2}},
+        {"audit": {"exclude": ["outliers"]}},
     ]
     for change in different:
         assert model_settings(validate_parameters(change)) != base, change
+    # Once images are left out, the thresholds decide which.
+    excluding = {"audit": {"exclude": ["outliers"]}}
+    assert model_settings(validate_parameters(excluding)) != model_settings(
+        validate_parameters({"audit": {"exclude": ["outliers"], "outlier_threshold": 0.5}})
+    )

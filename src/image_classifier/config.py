@@ -5,7 +5,8 @@ ignored costs a whole training run, so unknown keys are rejected with their dott
 
 This is the one home of every default: ``conf/base/parameters_*.yml`` documents the same values,
 and a test fails when the two disagree. A setting marked ``fingerprint=False`` (or a whole section
-whose ``AFFECTS_MODEL`` is false) changes how fast or where a run goes, not the model it trains;
+whose ``AFFECTS_MODEL`` is false, or the audit's thresholds while it excludes nothing) changes how
+fast or where a run goes, or what is reported, not the model it trains;
 retraining leaves those out of the fingerprint that decides whether anything changed.
 """
 
@@ -33,6 +34,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     # False for sections that only say how a run goes (threads, batch sizes of scoring, ...).
     AFFECTS_MODEL: ClassVar[bool] = True
+
+    def affects_model(self) -> bool:
+        return self.AFFECTS_MODEL
 
 
 def _not_in_fingerprint(default: Any, **kwargs: Any) -> Any:
@@ -264,6 +268,10 @@ class AuditParams(_Strict):
     )
     gallery_size: int = _not_in_fingerprint(16, ge=1, description="images (or pairs) in each audit gallery")
 
+    def affects_model(self) -> bool:
+        # The thresholds only say what the report flags until flagged images are left out.
+        return bool(self.exclude)
+
     @field_validator("exclude")
     @classmethod
     def _distinct(cls, kinds: list[str]) -> list[str]:
@@ -393,7 +401,7 @@ def model_settings(params: BaseModel) -> dict[str, Any]:
             continue
         value = getattr(params, name)
         if isinstance(value, _Strict):
-            if value.AFFECTS_MODEL:
+            if value.affects_model():
                 kept[name] = model_settings(value)
         else:
             kept[name] = (
