@@ -139,7 +139,8 @@ def compare_recipes(project: Path, raw: Path, scratch: Path, args: argparse.Name
                         f"[{variant} {backbone} {recipe} seed {seed}] head val {run['head.val_accuracy']:.4f}, "
                         f"final val {_final_val(run, recipe):.4f}, "
                         f"{run['diagnostics/finetune.epochs_run']:.0f} fine-tuning epochs "
-                        f"({_epoch_s(run):.0f} s each), {run['wall_s']:.0f} s",
+                        f"(best {run['diagnostics/finetune.best_epoch']:.0f}, {_epoch_s(run):.0f} s each), "
+                        f"{run['wall_s']:.0f} s",
                         file=sys.stderr,
                         flush=True,
                     )
