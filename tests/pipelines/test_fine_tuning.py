@@ -4,7 +4,7 @@ import pytest
 
 from image_classifier.backbones import get_spec, load_pretrained
 from image_classifier.config import IngestionParams
-from image_classifier.datasets import ImageFolderDataset
+from image_classifier.datasets import ImageFolderDataset, StampedModelDataset
 from image_classifier.loading import ViewLoader
 from image_classifier.models import classifier_head, feature_extractor, full_classifier
 from image_classifier.pipelines.fine_tuning.nodes import fine_tune
@@ -105,7 +105,7 @@ def test_a_fine_tuning_that_cannot_help_costs_patience_epochs_and_the_frozen_mod
     )
 
 
-def test_enabled_trains_only_top_layers_and_keeps_batchnorm_frozen(inputs):
+def test_enabled_trains_only_top_layers_and_keeps_batchnorm_frozen(inputs, tmp_path):
     model, metrics, history, outcome = _run(inputs, enabled=True)
     # Chance is 1/3; 12 or more right of 24 happens by chance about 4% of the time.
     assert metrics["finetune.val_accuracy"]["value"] >= 0.5
@@ -126,6 +126,13 @@ def test_enabled_trains_only_top_layers_and_keeps_batchnorm_frozen(inputs):
     for layer in top_norms:
         for after, before in zip(layer.weights, pretrained.get_layer(layer.name).weights, strict=True):
             np.testing.assert_array_equal(after.numpy(), before.numpy())
+    # The file holds the model, not the optimizer's state, and answers as the model does.
+    dataset = StampedModelDataset(str(tmp_path / "classifier.keras"))
+    dataset.save(model)
+    loaded = dataset.load()
+    assert not loaded.compiled
+    images, _ = _photos(inputs, "validation")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
 
 
 def test_training_on_smaller_views_validates_and_returns_the_model_at_the_input_size(inputs, caplog):
