@@ -145,15 +145,14 @@ def main() -> None:
         top = keras.Model(boundaries[k], trunk.output)
         pooled = keras.layers.GlobalAveragePooling2D()(top(inputs, training=False))
         model = keras.Model(inputs, head(pooled))
-        compile_classifier(model, params.learning_rate, smoothing)
+        train = CachedViews([view[k] for view in views], labels, params.batch_size, args.seed, args.flip)
+        learning_rate, schedule = _schedule(params, len(train))
+        compile_classifier(model, learning_rate, smoothing)
         val_x = validation[k].astype(np.float32)
         frozen = dict(
             zip(("loss", "accuracy"), map(float, model.evaluate(val_x, val_labels, verbose=0)), strict=True)
         )
         print(f"unfreeze {count}: frozen model val_accuracy {frozen['accuracy']:.4f}", flush=True)
-        train = CachedViews([view[k] for view in views], labels, params.batch_size, args.seed, args.flip)
-        learning_rate, schedule = _schedule(params, len(train))
-        compile_classifier(model, learning_rate, smoothing)
         stopping = fit_callbacks(params.patience, "learning_rate", baseline=frozen)
         fit = model.fit(
             train,
