@@ -79,9 +79,9 @@ def find_issues(
     need no labels and cover every split, so that a test photo copied into train is found.
     """
     from image_classifier.auditing import (
+        cleaned_out_of_fold_probabilities,
         label_issues,
         neighbour_issues,
-        out_of_fold_probabilities,
         usable_folds,
     )
 
@@ -93,7 +93,9 @@ def find_issues(
 
     folds = usable_folds(labels, params.folds)
     if folds:
-        probabilities = out_of_fold_probabilities(embeddings[labelled], labels, len(class_names), folds, seed)
+        probabilities = cleaned_out_of_fold_probabilities(
+            embeddings[labelled], labels, len(class_names), folds, seed, params.label_max_score
+        )
         verdict = label_issues(labels, probabilities, params.label_max_score)
         for position in np.flatnonzero(verdict["is_issue"].to_numpy()):
             image = images.iloc[labelled[position]]
