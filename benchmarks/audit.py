@@ -157,8 +157,8 @@ def _label_flags(project: Path, cuts: tuple[float, ...]) -> dict[float, set[str]
 
 
 def detection(project: Path, raw: Path, corrupted: Path, planted: dict) -> None:
-    cuts = (0.1, 0.05, 0.04, 0.03, 0.02)
     shipped = AuditParams().label_max_score
+    cuts = tuple(sorted({0.1, 0.05, 0.04, 0.03, 0.02, shipped}, reverse=True))
     clean_report, _ = _audit(project, raw)
     # The same photo keeps its file name in the copy, whatever class folder it was moved to.
     clean = {cut: {Path(p).name for p in found} for cut, found in _label_flags(project, cuts).items()}
