@@ -36,3 +36,10 @@ def test_a_class_left_out_of_every_fit_gets_no_probability_and_the_images_are_st
     assert probabilities.shape == (80, 3)
     assert np.all(probabilities[:, 2] == 0)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+
+
+def test_a_fold_left_with_a_single_trusted_class_is_fitted_on_all_its_images():
+    features, labels, _ = _two_clusters_with_flips()
+    everyone = out_of_fold_probabilities(features, labels, 2, folds=4, seed=0)
+    one_class = out_of_fold_probabilities(features, labels, 2, folds=4, seed=0, fit_on=labels == 0)
+    np.testing.assert_array_equal(one_class, everyone)

@@ -44,9 +44,10 @@ def out_of_fold_probabilities(
     probabilities = np.zeros((len(labels), num_classes))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for fold, (fit_rows, held_rows) in enumerate(splitter.split(features, labels), start=1):
-        # A head needs two classes; a fold whose trusted images have fewer is fitted on them all.
-        if fit_on is not None and len(np.unique(labels[fit_rows[fit_on[fit_rows]]])) > 1:
-            fit_rows = fit_rows[fit_on[fit_rows]]
+        if fit_on is not None:
+            trusted = fit_rows[fit_on[fit_rows]]
+            # A head needs two classes; a fold whose trusted images have fewer is fitted on all.
+            fit_rows = trusted if len(np.unique(labels[trusted])) > 1 else fit_rows
         strength = _HEAD_C_TIMES_IMAGES / len(fit_rows)
         head = make_pipeline(StandardScaler(), LogisticRegression(C=strength, max_iter=300))
         head.fit(features[fit_rows], labels[fit_rows])
