@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw
 
 from image_classifier.config import AuditParams
 from image_classifier.pipeline_registry import DEFAULT_STAGES
-from image_classifier.pipelines.audit.nodes import find_issues
+from image_classifier.pipelines.audit.nodes import compute_centre_features, find_issues
 
 _NEAR_COPIES = ("mirror", "crop90", "jpeg40", "half", "rotate")
 _AUDIT_PIPELINES = ["ingestion", "augmentation", "features", "audit"]
@@ -137,17 +137,31 @@ def _kind(report: pd.DataFrame, issue: str, split: str = "train") -> pd.DataFram
     return report.loc[(report["issue"] == issue) & (report["split"] == split)]
 
 
-def _label_flags(project: Path, cuts: tuple[float, ...]) -> dict[float, set[str]]:
+def _label_flags(project: Path, raw: Path, cuts: tuple[float, ...]) -> dict[float, set[str]]:
     """The training images flagged as label issues at each cut-off, by the audit's own node over
     the features of the last run (the cut-off also decides whom the second round of heads leaves
     out, so each is a whole audit of the labels, not a threshold on one set of scores)."""
     bootstrap_project(project)
-    with KedroSession.create(project_path=project) as session:
+    with KedroSession.create(project_path=project, runtime_params={"raw_images_dir": str(raw)}) as session:
         catalog = session.load_context().catalog
-        inputs = [
-            catalog.load(name)
-            for name in ("train_features", "validation_features", "test_features", "class_names")
-        ]
+        sets = [catalog.load(name) for name in ("train_features", "validation_features", "test_features")]
+        centres = compute_centre_features(
+            *sets,
+            *(
+                catalog.load(name)
+                for name in (
+                    "image_index",
+                    "raw_images",
+                    "params:ingestion",
+                    "feature_store",
+                    "params:backbone",
+                    "params:features",
+                    "params:audit",
+                    "params:loading.workers",
+                )
+            ),
+        )
+        inputs = [*sets, centres, catalog.load("class_names")]
         audit, seed = catalog.load("params:audit"), catalog.load("params:seed")
     flags = {}
     for cut in cuts:
@@ -161,7 +175,7 @@ def detection(project: Path, raw: Path, corrupted: Path, planted: dict) -> None:
     cuts = tuple(sorted({0.1, 0.05, 0.04, 0.03, 0.02, shipped}, reverse=True))
     clean_report, _ = _audit(project, raw)
     # The same photo keeps its file name in the copy, whatever class folder it was moved to.
-    clean = {cut: {Path(p).name for p in found} for cut, found in _label_flags(project, cuts).items()}
+    clean = {cut: {Path(p).name for p in found} for cut, found in _label_flags(project, raw, cuts).items()}
     print(
         f"clean demo photos: {len(clean[shipped])} train label issues (< {shipped}), "
         f"{int((clean_report['issue'] == 'cross_split_duplicate').sum())} cross-split duplicate rows, "
@@ -171,7 +185,7 @@ def detection(project: Path, raw: Path, corrupted: Path, planted: dict) -> None:
     print(f"audit stage {run.get('diagnostics/time.audit_s', float('nan')):.1f} s (warm features)")
 
     print("label flips (train), by audit.label_max_score:")
-    for cut, found in _label_flags(project, cuts).items():
+    for cut, found in _label_flags(project, corrupted, cuts).items():
         # Flags the clean audit raises too, on photos that were not flipped: the demo's own.
         own = {p for p in found - planted["flips"] if Path(p).name in clean[cut]}
         print(
@@ -179,14 +193,22 @@ def detection(project: Path, raw: Path, corrupted: Path, planted: dict) -> None:
             f"not counting {len(own)} flags of the clean audit: {_pr(found - own, planted['flips'])}"
         )
 
-    for threshold in (0.13, 0.3, 0.35, 0.4):
-        report, _ = _audit(project, corrupted, **{"audit.near_duplicate_threshold": threshold})
+    centre, shipped = AuditParams().centre_crop, AuditParams().near_duplicate_threshold
+    # (1.0, 0.35): the plain embeddings alone, at the threshold that suited them before the centres.
+    for crop, threshold in sorted(
+        {(centre, 0.13), (centre, 0.25), (centre, shipped), (centre, 0.3), (centre, 0.35), (1.0, 0.35)}
+    ):
+        report, _ = _audit(
+            project,
+            corrupted,
+            **{"audit.centre_crop": crop, "audit.near_duplicate_threshold": threshold},
+        )
         crossing = report.loc[(report["issue"] == "cross_split_duplicate") & (report["split"] == "train")]
         pairs = {(p, q) for p, q in zip(crossing["path"], crossing["partner"], strict=True)}
         right = {p for p, q in pairs if planted["originals"].get(p) == q}
         by_kind = {k: sum(1 for p in right if p.endswith(f"-{k}.jpg")) for k in _NEAR_COPIES}
         print(
-            f"near duplicates across splits, threshold {threshold}: {_pr({p for p, _ in pairs}, planted['copies'])}; "
+            f"near duplicates across splits, centre crop {crop}, threshold {threshold}: {_pr({p for p, _ in pairs}, planted['copies'])}; "
             f"pairs right {len(right)}/{len(planted['copies'])} by kind {by_kind}; "
             f"all cross-split pairs {int(report['issue'].eq('cross_split_duplicate').sum())} rows"
         )

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from conftest import encode, exif_rotated_jpeg, png_claiming
-from image_classifier.images import UnusableImage, decode_rgb, resize, upright_size
+from image_classifier.images import UnusableImage, centre_crop, decode_rgb, resize, upright_size
 
 
 def test_modes_become_rgb_uint8():
@@ -93,3 +93,12 @@ def test_ingestion_reads_the_upright_size_of_a_whole_decode(tiny_demo):
         upright_size(large[: len(large) // 2])
     with pytest.raises(UnusableImage, match="too small"):
         upright_size(large, min_side=10_000)
+
+
+def test_the_centre_crop_keeps_the_middle_share_of_each_side():
+    image = np.zeros((100, 60, 3), np.uint8)
+    image[5:95, 3:57] = 200  # the middle 90% of each side
+    middle = centre_crop(image, 0.9)
+    assert middle.shape == (90, 54, 3) and (middle == 200).all() and middle.flags["C_CONTIGUOUS"]
+    assert centre_crop(image, 1.0) is image
+    assert centre_crop(image[:1, :1], 0.5).shape == (1, 1, 3)

@@ -251,8 +251,15 @@ class AuditParams(_Strict):
     neighbours: int = Field(
         30, ge=1, description="nearest neighbours that near duplicates and outliers are judged by"
     )
+    centre_crop: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="near duplicates and outliers: each photo's embedding averaged with that of the "
+        "middle share of its sides (1: the plain view alone, no extra backbone pass)",
+    )
     near_duplicate_threshold: float = Field(
-        0.35,
+        0.275,
         ge=0.0,
         description="near duplicates: closer than this times the median nearest-neighbour distance",
     )

@@ -11,6 +11,7 @@ written before stay, and a rerun computes only what is still missing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -24,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from image_classifier import engines
+from image_classifier.backbones import weights_identity
 from image_classifier.config import BackboneParams, FeaturesParams, IngestionParams
 from image_classifier.datasets import FeatureStore, ImageFolder
 from image_classifier.datasets.feature_store import write_shard
@@ -38,6 +41,30 @@ _STORED_DTYPE = {"fp32": np.float32, "fp16": np.float16}
 
 # (path, sha256, view, key) of one vector to compute.
 Item = tuple[str, str, int, str]
+
+# Part of every key: bump it when decoding or resizing changes the pixels the backbone sees, so
+# that vectors of the old pixels are not served as if they were the new ones.
+# 2: JPEGs at least four times the input size a side are decoded at a reduced scale (images.py).
+PIXELS_VERSION = "pil-draft-bilinear-aa-2"
+
+
+def cache_key(sha256: str, view: int, context: str, augmentation_hash: str) -> str:
+    """Everything that changes a feature vector, hashed. View 0 ignores the augmentation config."""
+    augmentation = augmentation_hash if view > 0 else "-"
+    return hashlib.sha256(f"{context}|{sha256}|{view}|{augmentation}".encode()).hexdigest()
+
+
+def backbone_context(backbone: BackboneParams, features: FeaturesParams, centre_crop: float = 1.0) -> str:
+    """The part of a key that the backbone, the engine and the pixels fed to it decide."""
+    weights = weights_identity(backbone.name, backbone.weights)
+    # Compute precision joins the key only when it is not fp32, so fp32 caches keep their keys;
+    # the same for the centre crop, which only the audit asks for.
+    precision = f"|{features.precision}" if features.precision != "fp32" else ""
+    crop = f"|centre-{centre_crop:g}" if centre_crop != 1.0 else ""
+    return (
+        f"{backbone.name}|{weights}|{backbone.input_size}|{engines.resolve(features.engine)}"
+        f"|{features.storage}{precision}|{PIXELS_VERSION}{crop}"
+    )
 
 
 class DaskExecutorError(ProjectError):
@@ -57,6 +84,8 @@ class ShardWork:
     transforms: tuple[dict[str, Any], ...]
     seed: int
     loader_threads: int
+    # The share of each side kept, around the centre, before the resize (1: the whole photo).
+    centre_crop: float = 1.0
 
     @classmethod
     def of(
@@ -69,6 +98,7 @@ class ShardWork:
         transforms: tuple[dict[str, Any], ...],
         seed: int,
         loader_threads: int,
+        centre_crop: float = 1.0,
     ) -> ShardWork:
         weights = str(Path(backbone.weights).resolve()) if backbone.weights else None
         absolute = backbone.model_copy(
@@ -83,6 +113,7 @@ class ShardWork:
             transforms,
             seed,
             loader_threads,
+            centre_crop,
         )
 
 
@@ -94,7 +125,12 @@ def _batches(
     from image_classifier.loading import ViewLoader, iter_batches
 
     loader = ViewLoader(
-        ImageFolder(work.raw_root, ()), work.limits, work.backbone.input_size, work.transforms, work.seed
+        ImageFolder(work.raw_root, ()),
+        work.limits,
+        work.backbone.input_size,
+        work.transforms,
+        work.seed,
+        work.centre_crop,
     )
     size, dtype = work.features.batch_size, _STORED_DTYPE[work.features.storage]
     loaded = iter_batches([item[:3] for item in items], loader, size, work.loader_threads)
@@ -122,6 +158,37 @@ def compute_here(work: ShardWork, items: list[Item], store: FeatureStore) -> Non
             bar.update(len(batch_keys))
     if keys:
         store.append(keys, np.concatenate(vectors))
+
+
+def compute_missing(
+    wanted: pd.DataFrame, store: FeatureStore, work: ShardWork, what: str
+) -> tuple[int, int, int]:
+    """Compute and store the vectors of ``wanted`` (columns path, sha256, view, key) that
+    ``store`` lacks, here or on Dask as ``work.features.executor`` says. Returns how many were
+    served from the store, how many computed, and how many Dask workers computed them."""
+    missing = wanted.loc[~wanted["key"].map(store.__contains__)].drop_duplicates("key")
+    reused = int(wanted["key"].drop_duplicates().map(store.__contains__).sum())
+    logger.info(
+        "%s: %d unique vectors needed, %d served from cache, %d to compute",
+        what,
+        reused + len(missing),
+        reused,
+        len(missing),
+    )
+    if not len(missing):
+        return reused, 0, 0
+    todo = list(
+        zip(missing["path"], missing["sha256"], missing["view"].astype(int), missing["key"], strict=True)
+    )
+    start = time.perf_counter()
+    workers_used = 0
+    if work.features.executor == "dask":
+        workers_used = compute_on_dask(work, todo, store)
+    else:
+        compute_here(work, todo, store)
+    elapsed = time.perf_counter() - start
+    logger.info("%s: computed %d in %.1f s (%.1f images/s)", what, len(todo), elapsed, len(todo) / elapsed)
+    return reused, len(todo), workers_used
 
 
 # One engine per worker process and configuration, loaded by its first shard and kept for the rest.

@@ -153,6 +153,16 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+def centre_crop(image: np.ndarray, share: float) -> np.ndarray:
+    """The middle ``share`` of each side (at least one pixel); the image itself when ``share`` is 1."""
+    if share >= 1.0:
+        return image
+    height, width = image.shape[:2]
+    keep_h, keep_w = max(1, round(height * share)), max(1, round(width * share))
+    top, left = (height - keep_h) // 2, (width - keep_w) // 2
+    return np.ascontiguousarray(image[top : top + keep_h, left : left + keep_w])
+
+
 def resize(image: np.ndarray, size: int) -> np.ndarray:
     """Square bilinear resize with antialiasing, matching the model's own ``Resizing`` layer.
 

@@ -19,7 +19,7 @@ import numpy as np
 from image_classifier.augment import apply_view, build_compose, view_seed
 from image_classifier.config import IngestionParams
 from image_classifier.datasets import ImageFolder
-from image_classifier.images import decode_rgb, resize
+from image_classifier.images import centre_crop, decode_rgb, resize
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ class ViewLoader:
     size: int
     transforms: tuple[dict[str, Any], ...] = ()
     seed: int = 0
+    # The share of each side kept around the centre before the resize; the audit compares each
+    # photo's centre with the others so that a cropped copy is found (1: the whole photo).
+    centre_crop: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_local", threading.local())
@@ -53,7 +56,7 @@ class ViewLoader:
         if getattr(local, "path", None) != path:
             data = self.raw.read_bytes(path, self.limits.max_file_bytes)
             image = decode_rgb(data, self.limits.max_pixels, self.limits.min_side, self.size)
-            local.path, local.image = path, resize(image, self.size)
+            local.path, local.image = path, resize(centre_crop(image, self.centre_crop), self.size)
         return local.image
 
     def __call__(self, path: str, sha256: str, view: int) -> np.ndarray:

@@ -11,7 +11,13 @@ from PIL import Image, ImageOps
 from conftest import latest_run, run_session, scratch_project, tracked
 from image_classifier.config import ParameterError, validate_parameters
 from image_classifier.datasets import index_digest
-from image_classifier.pipelines.audit.nodes import REPORT_COLUMNS, exclude_flagged, find_issues
+from image_classifier.pipelines.audit.nodes import (
+    REPORT_COLUMNS,
+    AuditError,
+    compute_centre_features,
+    exclude_flagged,
+    find_issues,
+)
 
 FAST = {"backbone.input_size": 96, "augmentation.views": 2, "training.epochs": 5}
 EVERYTHING = "[label_issues,cross_split_duplicates,outliers]"
@@ -27,8 +33,8 @@ def _tree_digest(folder):
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, tiny_demo):
-    """The tiny demo set with a hat photo filed under pants, a mirrored copy of a test dress in
-    train, and a blank frame among the training hats."""
+    """The tiny demo set with a hat photo filed under pants, a mirrored copy of a test dress and
+    the middle 90% of a test pair of pants in train, and a blank frame among the training hats."""
     raw = tmp_path_factory.mktemp("planted") / "images"
     shutil.copytree(tiny_demo, raw)
     hat = sorted((raw / "train" / "hat").iterdir())[0]
@@ -38,11 +44,18 @@ def planted(tmp_path_factory, tiny_demo):
     with Image.open(original) as photo:
         ImageOps.mirror(photo.convert("RGB")).save(raw / "train" / "dress" / "mirrored.jpg", quality=92)
     Image.new("RGB", (200, 160), (128, 128, 128)).save(raw / "train" / "hat" / "blank.png")
+    cropped = sorted((raw / "test" / "pants").iterdir())[0]
+    with Image.open(cropped) as photo:
+        width, height = photo.size
+        box = (width // 20, height // 20, width - width // 20, height - height // 20)
+        photo.convert("RGB").crop(box).save(raw / "train" / "pants" / "cropped.jpg", quality=92)
     return raw, {
         "flipped": flipped,
         "copy": "train/dress/mirrored.jpg",
         "original": f"test/dress/{original.name}",
         "blank": "train/hat/blank.png",
+        "crop": "train/pants/cropped.jpg",
+        "cropped": f"test/pants/{cropped.name}",
     }
 
 
@@ -64,11 +77,13 @@ def test_the_audit_flags_each_planted_problem_and_excluding_them_leaves_the_raw_
         copy = flags[(files["copy"], "cross_split_duplicate")]
         assert (copy.partner, copy.partner_split) == (files["original"], "test")
         assert (files["original"], "cross_split_duplicate") in flags
+        crop = flags[(files["crop"], "cross_split_duplicate")]
+        assert (crop.partner, crop.partner_split) == (files["cropped"], "test")
         assert (files["blank"], "outlier") in flags
 
         run = latest_run(client)
         assert run.data.metrics["audit.label_issues"] >= 1
-        assert run.data.metrics["audit.cross_split_duplicates"] >= 1
+        assert run.data.metrics["audit.cross_split_duplicates"] >= 2
         assert run.data.metrics["audit.outliers"] >= 1
         assert run.data.metrics["audit.near_duplicates"] >= 2
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -85,7 +100,7 @@ def test_the_audit_flags_each_planted_problem_and_excluding_them_leaves_the_raw_
 
         run_session(project, ["audit", "training"], **FAST, **{"audit.exclude": EVERYTHING})
         trained_on = pd.read_csv(project / "data" / "05_model_input" / "training_index.csv")
-        left_out = {files["flipped"], files["copy"], files["blank"]}
+        left_out = {files["flipped"], files["copy"], files["crop"], files["blank"]}
         assert left_out.isdisjoint(trained_on["path"])
         assert files["original"] in set(trained_on["path"])  # the test side of the pair stays
         assert set(index["path"]) - set(trained_on["path"]) <= set(
@@ -163,6 +178,9 @@ def _features(rng, split, labels, centres):
     }
 
 
+_NO_CENTRES = {"paths": [], "features": np.zeros((0, 0), np.float32)}
+
+
 def test_the_same_features_and_seed_give_the_same_report():
     rng = np.random.default_rng(0)
     centres = np.abs(rng.normal(size=(3, 24))) * 4
@@ -172,7 +190,7 @@ def test_the_same_features_and_seed_give_the_same_report():
     ]
     sets[0]["labels"][0] = 1  # a flipped label
     sets[0]["features"][-1] = sets[2]["features"][0] + 1e-4  # a test photo copied into train
-    reports = [find_issues(*sets, ["a", "b", "c"], {}, seed=7) for _ in range(2)]
+    reports = [find_issues(*sets, _NO_CENTRES, ["a", "b", "c"], {}, seed=7) for _ in range(2)]
     pd.testing.assert_frame_equal(reports[0][0], reports[1][0])
     assert reports[0][1] == reports[1][1]
     flags = set(zip(reports[0][0]["path"], reports[0][0]["issue"], strict=True))
@@ -181,3 +199,43 @@ def test_the_same_features_and_seed_give_the_same_report():
         "test/a/0.png",
         "cross_split_duplicate",
     ) in flags
+
+
+def test_a_copy_of_a_photos_centre_is_found_through_the_centre_embeddings():
+    rng = np.random.default_rng(1)
+    centres = np.abs(rng.normal(size=(3, 24))) * 4
+    sets = [
+        _features(rng, split, np.repeat(np.arange(3), n), centres)
+        for split, n in (("train", 30), ("validation", 8), ("test", 8))
+    ]
+    paths = [path for data in sets for path in data["paths"]]
+    # Each photo's centre looks like the photo, but for the copy: it is the test photo's centre
+    # blown up, so its whole is like the test photo's centre and unlike the test photo's whole.
+    centre_vectors = np.concatenate([data["features"] for data in sets]) + 0.05
+    original, copy = sets[2]["features"][0], rng.normal(size=24).astype(np.float32) * 4
+    sets[0]["features"][-1] = copy
+    centre_vectors[paths.index("test/a/0.png")] = copy
+    centre_vectors[paths.index("train/c/89.png")] = original
+    with_centres = {"paths": paths, "features": centre_vectors}
+
+    def crossing(centre_features):
+        report, _ = find_issues(*sets, centre_features, ["a", "b", "c"], {}, seed=7)
+        return set(report.loc[report["issue"] == "cross_split_duplicate", "path"])
+
+    assert "train/c/89.png" not in crossing(_NO_CENTRES)
+    assert {"train/c/89.png", "test/a/0.png"} <= crossing(with_centres)
+    partial = {"paths": paths[1:], "features": centre_vectors[1:]}
+    with pytest.raises(AuditError, match=f"no centre embedding for 1 images .first: {paths[0]}"):
+        crossing(partial)
+
+
+def test_centres_of_images_missing_from_the_index_are_refused_by_name():
+    rng = np.random.default_rng(2)
+    centres = np.ones((3, 4))
+    sets = [_features(rng, split, np.arange(3), centres) for split in ("train", "validation", "test")]
+    paths = [path for data in sets for path in data["paths"]]
+    index = pd.DataFrame({"path": paths[:-1], "sha256": [f"{i:064x}" for i in range(len(paths) - 1)]})
+    with pytest.raises(
+        AuditError, match=f"1 images of the features are not in the image index .first: {paths[-1]}"
+    ):
+        compute_centre_features(*sets, index, None, {}, None, {}, {}, {}, 1)

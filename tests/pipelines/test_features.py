@@ -60,6 +60,10 @@ def test_every_key_field_changes_the_key():
         cache_key(
             "a" * 64, 1, backbone_context(BackboneParams(), FeaturesParams(engine="tensorflow")), "aug1"
         ),
+        # The audit's centre crops
+        cache_key(
+            "a" * 64, 1, backbone_context(BackboneParams(input_size=96), FeaturesParams(), 0.9), "aug1"
+        ),
     ]
     assert len({base, *variants}) == 1 + len(variants)
     # Backbone name and weights hash are in the context string that every key hashes.

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from image_classifier.config import AuditParams, IngestionParams
-from image_classifier.datasets import ImageFolder
+from image_classifier.config import AuditParams, BackboneParams, FeaturesParams, IngestionParams
+from image_classifier.datasets import FeatureStore, ImageFolder
 from image_classifier.errors import ProjectError
+from image_classifier.feature_cache import ShardWork, backbone_context, cache_key, compute_missing
 from image_classifier.hints import Figure
 from image_classifier.tracking import scalar_metrics
 
@@ -64,10 +65,71 @@ def _plain_images(
     return pd.concat(frames, ignore_index=True), np.concatenate(vectors)
 
 
+def compute_centre_features(
+    train_features: dict[str, Any],
+    validation_features: dict[str, Any],
+    test_features: dict[str, Any],
+    image_index: pd.DataFrame,
+    raw_images: ImageFolder,
+    ingestion: dict[str, Any],
+    feature_store: FeatureStore,
+    backbone: dict[str, Any],
+    features: dict[str, Any],
+    audit: dict[str, Any],
+    workers: int,
+) -> dict[str, Any]:
+    """The embedding of the centre (``audit.centre_crop`` of each side) of every photo the features
+    stage embedded, through the feature store: computed once, then served. Empty when
+    ``audit.centre_crop`` is 1."""
+    share = AuditParams(**audit).centre_crop
+    if share == 1.0:
+        return {"paths": [], "features": np.zeros((0, 0), np.float32)}
+    backbone_params, features_params = BackboneParams(**backbone), FeaturesParams(**features)
+    context = backbone_context(backbone_params, features_params, share)
+    images, _ = _plain_images(train_features, validation_features, test_features)
+    wanted = images[["path"]].merge(image_index[["path", "sha256"]], on="path", how="left").assign(view=0)
+    unknown = wanted.loc[wanted["sha256"].isna(), "path"]
+    if len(unknown):
+        raise AuditError(
+            f"{len(unknown)} images of the features are not in the image index (first: "
+            f"{unknown.iat[0]}); run the features stage again: kedro run --pipelines features,audit"
+        )
+    wanted["key"] = [cache_key(sha, 0, context, "-") for sha in wanted["sha256"]]
+    work = ShardWork.of(
+        raw_images,
+        feature_store,
+        IngestionParams(**ingestion),
+        backbone_params,
+        features_params,
+        (),
+        0,
+        workers,
+        centre_crop=share,
+    )
+    compute_missing(wanted, feature_store, work, "Audit, photo centres")
+    vectors = feature_store.get_many(wanted["key"].tolist()).astype(np.float32, copy=False)
+    return {"paths": wanted["path"].tolist(), "features": vectors}
+
+
+def _with_centres(images: pd.DataFrame, embeddings: np.ndarray, centres: dict[str, Any]) -> np.ndarray:
+    """Each plain embedding averaged with its photo's centre embedding, where there is one."""
+    if not len(centres["paths"]):
+        return embeddings
+    row = {path: i for i, path in enumerate(centres["paths"])}
+    missing = [path for path in images["path"] if path not in row]
+    if missing:
+        raise AuditError(
+            f"no centre embedding for {len(missing)} images (first: {missing[0]}); the features and "
+            "the audit read different image indexes: run both again: kedro run --pipelines features,audit"
+        )
+    return (embeddings + centres["features"][[row[path] for path in images["path"]]]) / 2
+
+
 def find_issues(
     train_features: dict[str, Any],
     validation_features: dict[str, Any],
     test_features: dict[str, Any],
+    centre_features: dict[str, Any],
     class_names: list[str],
     audit: dict[str, Any],
     seed: int,
@@ -76,7 +138,8 @@ def find_issues(
 
     Label issues are looked for in the train and validation images only, with out-of-fold
     probabilities: the test labels are read once, by evaluation. Near duplicates and outliers
-    need no labels and cover every split, so that a test photo copied into train is found.
+    need no labels and cover every split, so that a test photo copied into train is found; they
+    compare each photo's plain embedding averaged with its centre's (``centre_features``).
     """
     from image_classifier.auditing import (
         cleaned_out_of_fold_probabilities,
@@ -108,7 +171,10 @@ def find_issues(
 
     if len(images) > 2:
         found = neighbour_issues(
-            embeddings, params.neighbours, params.near_duplicate_threshold, params.outlier_threshold
+            _with_centres(images, embeddings, centre_features),
+            params.neighbours,
+            params.near_duplicate_threshold,
+            params.outlier_threshold,
         )
         for i in np.flatnonzero(found.near_duplicate):
             image, partners = images.iloc[i], images.iloc[found.partners[i]]

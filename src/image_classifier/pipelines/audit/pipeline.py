@@ -1,6 +1,7 @@
 from kedro.pipeline import Pipeline, node
 
 from image_classifier.pipelines.audit.nodes import (
+    compute_centre_features,
     exclude_flagged,
     find_issues,
     plot_cross_split_duplicates,
@@ -17,11 +18,30 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             node(
+                compute_centre_features,
+                [
+                    "train_features",
+                    "validation_features",
+                    "test_features",
+                    "image_index",
+                    "raw_images",
+                    "params:ingestion",
+                    "feature_store",
+                    "params:backbone",
+                    "params:features",
+                    "params:audit",
+                    "params:loading.workers",
+                ],
+                "audit_centre_features",
+                name="compute_centre_features",
+            ),
+            node(
                 find_issues,
                 [
                     "train_features",
                     "validation_features",
                     "test_features",
+                    "audit_centre_features",
                     "class_names",
                     "params:audit",
                     "params:seed",

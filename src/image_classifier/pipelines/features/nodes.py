@@ -2,44 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import time
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from image_classifier import engines
 from image_classifier.augment import config_hash
-from image_classifier.backbones import weights_identity
 from image_classifier.config import AugmentationParams, BackboneParams, FeaturesParams, IngestionParams
 from image_classifier.datasets import FeatureStore, ImageFolder
-from image_classifier.feature_cache import ShardWork, compute_here, compute_on_dask
+from image_classifier.feature_cache import ShardWork, backbone_context, cache_key, compute_missing
 from image_classifier.tracking import scalar_metrics
 
 logger = logging.getLogger(__name__)
-
-# Part of every key: bump it when decoding or resizing changes the pixels the backbone sees, so
-# that vectors of the old pixels are not served as if they were the new ones.
-# 2: JPEGs at least four times the input size a side are decoded at a reduced scale (images.py).
-PIXELS_VERSION = "pil-draft-bilinear-aa-2"
-
-
-def cache_key(sha256: str, view: int, context: str, augmentation_hash: str) -> str:
-    """Everything that changes a feature vector, hashed. View 0 ignores the augmentation config."""
-    augmentation = augmentation_hash if view > 0 else "-"
-    return hashlib.sha256(f"{context}|{sha256}|{view}|{augmentation}".encode()).hexdigest()
-
-
-def backbone_context(backbone: BackboneParams, features: FeaturesParams) -> str:
-    weights = weights_identity(backbone.name, backbone.weights)
-    # Compute precision joins the key only when it is not fp32, so fp32 caches keep their keys.
-    precision = f"|{features.precision}" if features.precision != "fp32" else ""
-    return (
-        f"{backbone.name}|{weights}|{backbone.input_size}|{engines.resolve(features.engine)}"
-        f"|{features.storage}{precision}|{PIXELS_VERSION}"
-    )
 
 
 def _items(view_plan: pd.DataFrame, image_index: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -77,39 +52,19 @@ def compute_features(
             cache_key(sha, int(view), context, augmentation_hash)
             for sha, view in zip(frame["sha256"], frame["view"], strict=True)
         ]
-    everything = pd.concat(items.values(), ignore_index=True)
-    missing = everything.loc[~everything["key"].map(feature_store.__contains__)].drop_duplicates("key")
-    reused = int(everything["key"].drop_duplicates().map(feature_store.__contains__).sum())
-    logger.info(
-        "Features: %d unique vectors needed, %d served from cache, %d to compute",
-        reused + len(missing),
-        reused,
-        len(missing),
+    work = ShardWork.of(
+        raw_images,
+        feature_store,
+        IngestionParams(**ingestion),
+        backbone_params,
+        features_params,
+        tuple(t.model_dump() for t in augmentation_params.transforms),
+        seed,
+        workers,
     )
-    workers_used = 0
-    if len(missing):
-        todo = list(
-            zip(missing["path"], missing["sha256"], missing["view"].astype(int), missing["key"], strict=True)
-        )
-        work = ShardWork.of(
-            raw_images,
-            feature_store,
-            IngestionParams(**ingestion),
-            backbone_params,
-            features_params,
-            tuple(t.model_dump() for t in augmentation_params.transforms),
-            seed,
-            workers,
-        )
-        start = time.perf_counter()
-        if features_params.executor == "dask":
-            workers_used = compute_on_dask(work, todo, feature_store)
-        else:
-            compute_here(work, todo, feature_store)
-        elapsed = time.perf_counter() - start
-        logger.info(
-            "Features: computed %d in %.1f s (%.1f images/s)", len(todo), elapsed, len(todo) / elapsed
-        )
+    reused, computed, workers_used = compute_missing(
+        pd.concat(items.values(), ignore_index=True), feature_store, work, "Features"
+    )
 
     label_ids = {label: i for i, label in enumerate(class_names)}
     sets = {
@@ -125,7 +80,7 @@ def compute_features(
     }
     metrics = scalar_metrics(
         {
-            "features.computed": len(missing),
+            "features.computed": computed,
             "features.reused": reused,
             "diagnostics/features.cache_bytes": feature_store.size_bytes(),
             **({"diagnostics/features.dask_workers": workers_used} if workers_used else {}),
