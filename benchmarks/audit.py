@@ -3,6 +3,7 @@ next to a warm run's, and what leaving the flagged images out does to test accur
 
     .venv/bin/python benchmarks/audit.py                  # everything (~28 min)
     .venv/bin/python benchmarks/audit.py --no-training    # detection and thresholds only (~10 min)
+    .venv/bin/python benchmarks/audit.py --seed 1 --run-seeds 42,0   # (a) and (b) with two run seeds
 
 The corruption, seeded (--seed): 5% of the training photos are moved to another class (their
 label flipped); 30 test photos are copied into train under their own class, 6 each of: mirrored,
@@ -222,16 +223,20 @@ def detection(project: Path, raw: Path, corrupted: Path, planted: dict) -> None:
         )
 
 
-def training(project: Path, corrupted: Path) -> None:
+def training(project: Path, corrupted: Path, run_seed: int | None) -> None:
+    # The run's own seed (split, views, head, fine-tuning), not the corruption's: a second run
+    # seed shows how much of (b) - (a) is one fine-tuning run's luck.
+    seeded = {} if run_seed is None else {"seed": run_seed}
     runs = {
-        "(a) corrupted": kedro_run(project, ["__default__"], raw_images_dir=corrupted),
+        "(a) corrupted": kedro_run(project, ["__default__"], raw_images_dir=corrupted, **seeded),
         "(b) audit.exclude all": kedro_run(
-            project, ["__default__"], raw_images_dir=corrupted, **{"audit.exclude": _EVERYTHING}
+            project, ["__default__"], raw_images_dir=corrupted, **seeded, **{"audit.exclude": _EVERYTHING}
         ),
     }
     for name, run in runs.items():
         print(
-            f"{name}: finetune.test_accuracy {run.get('finetune.test_accuracy', float('nan')):.4f}, "
+            f"{name} (run seed {'default' if run_seed is None else run_seed}): "
+            f"finetune.test_accuracy {run.get('finetune.test_accuracy', float('nan')):.4f}, "
             f"final test_accuracy {run['test_accuracy']:.4f}, head.test_accuracy {run['head.test_accuracy']:.4f}, "
             f"wall {run['wall_s']:.0f} s"
         )
@@ -250,6 +255,10 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-training", action="store_true", help="detection only, no full runs")
+    parser.add_argument(
+        "--run-seeds",
+        help="comma-separated run seeds for (a) and (b), e.g. 42,0 (default: the project's seed, once)",
+    )
     args = parser.parse_args()
     raw = demo_folder()
     with tempfile.TemporaryDirectory(prefix="audit-bench-") as scratch:
@@ -265,7 +274,9 @@ def main() -> None:
         )
         detection(project, raw, corrupted, planted)
         if not args.no_training:
-            training(project, corrupted)
+            run_seeds = [int(seed) for seed in args.run_seeds.split(",")] if args.run_seeds else [None]
+            for run_seed in run_seeds:
+                training(project, corrupted, run_seed)
 
 
 if __name__ == "__main__":

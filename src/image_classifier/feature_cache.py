@@ -140,7 +140,8 @@ def _batches(
 
 def _description(work: ShardWork) -> str:
     backbone = work.backbone
-    return f"features [{backbone.name}@{backbone.input_size}, {engines.resolve(work.features.engine)}]"
+    what = "features" if work.centre_crop == 1.0 else f"centres ({work.centre_crop:g} of each side)"
+    return f"{what} [{backbone.name}@{backbone.input_size}, {engines.resolve(work.features.engine)}]"
 
 
 def compute_here(work: ShardWork, items: list[Item], store: FeatureStore) -> None:

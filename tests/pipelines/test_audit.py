@@ -203,9 +203,9 @@ def test_the_same_features_and_seed_give_the_same_report():
 
 def test_a_copy_of_a_photos_centre_is_found_through_the_centre_embeddings():
     rng = np.random.default_rng(1)
-    centres = np.abs(rng.normal(size=(3, 24))) * 4
+    class_means = np.abs(rng.normal(size=(3, 24))) * 4
     sets = [
-        _features(rng, split, np.repeat(np.arange(3), n), centres)
+        _features(rng, split, np.repeat(np.arange(3), n), class_means)
         for split, n in (("train", 30), ("validation", 8), ("test", 8))
     ]
     paths = [path for data in sets for path in data["paths"]]
@@ -231,8 +231,7 @@ def test_a_copy_of_a_photos_centre_is_found_through_the_centre_embeddings():
 
 def test_centres_of_images_missing_from_the_index_are_refused_by_name():
     rng = np.random.default_rng(2)
-    centres = np.ones((3, 4))
-    sets = [_features(rng, split, np.arange(3), centres) for split in ("train", "validation", "test")]
+    sets = [_features(rng, split, np.arange(3), np.ones((3, 4))) for split in ("train", "validation", "test")]
     paths = [path for data in sets for path in data["paths"]]
     index = pd.DataFrame({"path": paths[:-1], "sha256": [f"{i:064x}" for i in range(len(paths) - 1)]})
     with pytest.raises(

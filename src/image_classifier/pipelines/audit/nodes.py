@@ -112,7 +112,8 @@ def compute_centre_features(
 
 
 def _with_centres(images: pd.DataFrame, embeddings: np.ndarray, centres: dict[str, Any]) -> np.ndarray:
-    """Each plain embedding averaged with its photo's centre embedding, where there is one."""
+    """Each plain embedding averaged with its photo's centre embedding; the plain embeddings
+    themselves when no centres were computed (``audit.centre_crop`` 1)."""
     if not len(centres["paths"]):
         return embeddings
     row = {path: i for i, path in enumerate(centres["paths"])}
