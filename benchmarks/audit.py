@@ -46,7 +46,7 @@ from PIL import Image, ImageDraw
 
 from image_classifier.config import AuditParams
 from image_classifier.pipeline_registry import DEFAULT_STAGES
-from image_classifier.pipelines.audit.nodes import compute_centre_features, find_issues
+from image_classifier.pipelines.audit.pipeline import create_pipeline as audit_pipeline
 
 _NEAR_COPIES = ("mirror", "crop90", "jpeg40", "half", "rotate")
 _AUDIT_PIPELINES = ["ingestion", "augmentation", "features", "audit"]
@@ -139,34 +139,23 @@ def _kind(report: pd.DataFrame, issue: str, split: str = "train") -> pd.DataFram
 
 
 def _label_flags(project: Path, raw: Path, cuts: tuple[float, ...]) -> dict[float, set[str]]:
-    """The training images flagged as label issues at each cut-off, by the audit's own node over
+    """The training images flagged as label issues at each cut-off, by the audit's own nodes over
     the features of the last run (the cut-off also decides whom the second round of heads leaves
     out, so each is a whole audit of the labels, not a threshold on one set of scores)."""
+    nodes = {node.name: node for node in audit_pipeline().nodes}
+    centres_node, find_node = nodes["compute_centre_features"], nodes["find_issues"]
     bootstrap_project(project)
     with KedroSession.create(project_path=project, runtime_params={"raw_images_dir": str(raw)}) as session:
         catalog = session.load_context().catalog
-        sets = [catalog.load(name) for name in ("train_features", "validation_features", "test_features")]
-        centres = compute_centre_features(
-            *sets,
-            *(
-                catalog.load(name)
-                for name in (
-                    "image_index",
-                    "raw_images",
-                    "params:ingestion",
-                    "feature_store",
-                    "params:backbone",
-                    "params:features",
-                    "params:audit",
-                    "params:loading.workers",
-                )
-            ),
-        )
-        inputs = [*sets, centres, catalog.load("class_names")]
-        audit, seed = catalog.load("params:audit"), catalog.load("params:seed")
+        loaded = {
+            name: catalog.load(name)
+            for name in {*centres_node.inputs, *find_node.inputs} - {"audit_centre_features"}
+        }
+    loaded["audit_centre_features"] = centres_node.func(*(loaded[name] for name in centres_node.inputs))
     flags = {}
     for cut in cuts:
-        report, _ = find_issues(*inputs, {**audit, "label_max_score": cut}, seed)
+        given = {**loaded, "params:audit": {**loaded["params:audit"], "label_max_score": cut}}
+        report, _ = find_node.func(*(given[name] for name in find_node.inputs))
         flags[cut] = set(_kind(report, "label_issue")["path"])
     return flags
 
