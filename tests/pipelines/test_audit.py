@@ -181,13 +181,19 @@ def _features(rng, split, labels, centres):
 _NO_CENTRES = {"paths": [], "features": np.zeros((0, 0), np.float32)}
 
 
-def test_the_same_features_and_seed_give_the_same_report():
-    rng = np.random.default_rng(0)
-    centres = np.abs(rng.normal(size=(3, 24))) * 4
+def _three_splits(seed):
+    """Features of 3 well-separated classes: 30 train, 8 validation and 8 test images each split."""
+    rng = np.random.default_rng(seed)
+    class_means = np.abs(rng.normal(size=(3, 24))) * 4
     sets = [
-        _features(rng, split, np.repeat(np.arange(3), n), centres)
+        _features(rng, split, np.repeat(np.arange(3), n), class_means)
         for split, n in (("train", 30), ("validation", 8), ("test", 8))
     ]
+    return rng, sets
+
+
+def test_the_same_features_and_seed_give_the_same_report():
+    _, sets = _three_splits(0)
     sets[0]["labels"][0] = 1  # a flipped label
     sets[0]["features"][-1] = sets[2]["features"][0] + 1e-4  # a test photo copied into train
     reports = [find_issues(*sets, _NO_CENTRES, ["a", "b", "c"], {}, seed=7) for _ in range(2)]
@@ -202,12 +208,7 @@ def test_the_same_features_and_seed_give_the_same_report():
 
 
 def test_a_copy_of_a_photos_centre_is_found_through_the_centre_embeddings():
-    rng = np.random.default_rng(1)
-    class_means = np.abs(rng.normal(size=(3, 24))) * 4
-    sets = [
-        _features(rng, split, np.repeat(np.arange(3), n), class_means)
-        for split, n in (("train", 30), ("validation", 8), ("test", 8))
-    ]
+    rng, sets = _three_splits(1)
     paths = [path for data in sets for path in data["paths"]]
     # Each photo's centre looks like the photo, but for the copy: it is the test photo's centre
     # blown up, so its whole is like the test photo's centre and unlike the test photo's whole.
