@@ -72,6 +72,10 @@ def test_bad_values_are_named_with_the_value():
         validate_parameters({"fine_tuning": {"learning_rate": -1}})
     with pytest.raises(ParameterError, match="split"):
         validate_parameters({"split": {"validation": 0.6, "test": 0.5}})
+    with pytest.raises(
+        ParameterError, match=r"features\.engine_streams: 2 needs features\.engine onnxruntime"
+    ):
+        validate_parameters({"features": {"engine": "openvino", "engine_streams": 2}})
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf", float("inf")])

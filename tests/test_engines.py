@@ -142,3 +142,24 @@ def test_a_missing_engine_is_named_and_only_auto_falls_back(monkeypatch):
         engines.resolve("openvino")
     assert engines.resolve("auto") == "tensorflow"
     assert engines.resolve("tensorflow") == "tensorflow"
+
+
+@pytest.mark.slow
+def test_onnx_streams_return_each_batch_whole_and_in_order(mobilenet):
+    """Two sessions side by side (the default on two cores), each batch split between them:
+    every batch comes back whole, in its place, with the same vectors as TensorFlow's."""
+    features = FeaturesParams(engine="onnxruntime", engine_streams=2, engine_threads=1)
+    engine = engines.backbone_forward(mobilenet.backbone, features)
+    assert engine.streams == 2
+    ends = np.cumsum([3, 1, 4, 4])  # an odd batch, a batch of one, two even ones: the 12 photos
+    batches = np.split(mobilenet.photos, ends[:-1])
+    ours = list(engine.map(batches))
+    assert [len(vectors) for vectors in ours] == [3, 1, 4, 4]
+    np.testing.assert_allclose(np.concatenate(ours), mobilenet.reference, rtol=1e-4, atol=1e-4)
+
+
+def test_streams_are_refused_where_the_engine_computes_one_batch_at_a_time(monkeypatch):
+    monkeypatch.setitem(engines._MODULES, "onnxruntime", "onnxruntime_is_not_installed_here")
+    features = FeaturesParams(engine="auto", engine_streams=2)  # auto: onnxruntime if installed
+    with pytest.raises(engines.EngineUnavailableError, match="features.engine_streams: 2 needs onnxruntime"):
+        engines.backbone_forward(BackboneParams(), features)

@@ -1,16 +1,20 @@
 """loading: the fine-tuning batches, one or several passes per epoch, and the pixels every path decodes."""
 
+import shutil
+import time
 from collections import Counter
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from image_classifier.config import IngestionParams
 from image_classifier.datasets import ImageFolderDataset
-from image_classifier.images import decode_rgb, resize
-from image_classifier.loading import AugmentedImages, ViewLoader
+from image_classifier.images import UnusableImage, decode_rgb, resize
+from image_classifier.loading import AugmentedImages, ScratchPixels, ViewLoader
 from image_classifier.pipelines.inference.nodes import _load
 from image_classifier.serving import as_batch
+from image_classifier.threads import ordered_map
 
 FLIP = ({"name": "HorizontalFlip", "params": {"p": 0.5}},)
 
@@ -67,6 +71,42 @@ def test_one_pass_is_one_view_per_photo_and_epoch(make_folder):
     assert {v for _, v in second} == {2}
 
 
+def _two_epochs(folder, pixels: ScratchPixels | None, delete_after_first: bool = False) -> list[np.ndarray]:
+    paths = list(folder.files)
+    loader = ViewLoader(folder, IngestionParams(), 16, FLIP, seed=3)
+    batches = AugmentedImages(loader, paths, [f"sha-{p}" for p in paths], np.arange(5), 4, 0, 1, 3, pixels)
+    seen = []
+    for _ in range(2):
+        seen += [batches[index][0] for index in range(len(batches))]
+        batches.on_epoch_end()
+        if delete_after_first:
+            for path in paths:
+                (folder.root / path).unlink(missing_ok=True)
+    return seen
+
+
+def test_scratch_pixels_decode_each_photo_once_and_change_no_batch(make_folder, tmp_path):
+    """With the scratch file, the second epoch reads no photo (they are gone after the first), and
+    every batch of both epochs is the one the loader alone makes."""
+    folder = make_folder({f"c/{i}.png": i for i in range(5)})
+    plain = _two_epochs(folder, None)
+    scratch = _two_epochs(folder, ScratchPixels(5, 16, "test", str(tmp_path)), delete_after_first=True)
+    assert len(plain) == len(scratch) == 8
+    assert all(np.array_equal(a, b) for a, b in zip(plain, scratch, strict=True))
+
+
+def test_without_room_for_the_scratch_file_photos_are_decoded_every_epoch(make_folder, tmp_path, monkeypatch):
+    folder = make_folder({f"c/{i}.png": i for i in range(5)})
+    plain = _two_epochs(folder, None)
+    monkeypatch.setattr("shutil.disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    scratch = _two_epochs(folder, ScratchPixels(5, 16, "test", str(tmp_path)))
+    assert all(np.array_equal(a, b) for a, b in zip(plain, scratch, strict=True))
+    with pytest.raises(
+        UnusableImage, match="disappeared"
+    ):  # the photos are read each epoch: without them, no batch
+        _two_epochs(folder, ScratchPixels(5, 16, "test", str(tmp_path)), delete_after_first=True)
+
+
 def test_training_inference_and_serving_decode_a_large_jpeg_alike(tiny_demo, tmp_path):
     # A camera-sized photo is decoded at a reduced scale; every path must use the same one, or
     # the served model would see other pixels than it was trained on.
@@ -83,3 +123,24 @@ def test_training_inference_and_serving_decode_a_large_jpeg_alike(tiny_demo, tmp
     served = np.empty(1, dtype=object)
     served[0] = data
     assert np.array_equal(as_batch(served, 64, limits)[0], expected)
+
+
+def test_ordered_map_keeps_the_order_and_its_window():
+    """Results come back in input order however the threads finish, and no more than the window
+    of inputs is ever taken ahead of what was yielded: memory stays bounded."""
+    taken: list[int] = []
+
+    def inputs():
+        for number in range(30):
+            taken.append(number)
+            yield number
+
+    def slow_square(number: int) -> int:
+        time.sleep(0.004 * (number % 3))  # later inputs often finish first
+        return number * number
+
+    results = []
+    for result in ordered_map(slow_square, inputs(), workers=3, window=4):
+        results.append(result)
+        assert len(taken) - len(results) <= 4
+    assert results == [number * number for number in range(30)]

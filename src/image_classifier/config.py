@@ -156,7 +156,10 @@ class FeaturesParams(_Strict):
     )
     batch_size: int = _not_in_fingerprint(64, ge=1)
     engine_threads: int = _not_in_fingerprint(
-        0, ge=0, description="threads the engine computes with; 0: its default"
+        0, ge=0, description="threads each engine stream computes with; 0: the cores shared among the streams"
+    )
+    engine_streams: int = _not_in_fingerprint(
+        0, ge=0, description="batches onnxruntime computes side by side; 0: two where there are two cores"
     )
     shard_size: int = _not_in_fingerprint(
         1024, ge=1, description="vectors per stored shard: a unit of Dask work, and what a kill can lose"
@@ -172,9 +175,13 @@ class FeaturesParams(_Strict):
     )
 
     @model_validator(mode="after")
-    def _bf16_needs_openvino(self) -> FeaturesParams:
+    def _engine_supports(self) -> FeaturesParams:
         if self.precision == "bf16" and self.engine not in ("openvino", "auto"):
             raise ValueError(f"features.precision: bf16 needs features.engine openvino, not {self.engine}")
+        if self.engine_streams > 1 and self.engine not in ("onnxruntime", "auto"):
+            raise ValueError(
+                f"features.engine_streams: {self.engine_streams} needs features.engine onnxruntime, not {self.engine}"
+            )
         return self
 
 

@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -118,7 +118,7 @@ class ShardWork:
 
 
 def _batches(
-    work: ShardWork, forward: Callable[[np.ndarray], np.ndarray], items: list[Item]
+    work: ShardWork, engine: engines.Engine, items: list[Item]
 ) -> Iterator[tuple[list[str], np.ndarray]]:
     """``(keys, vectors)`` a batch at a time, images loaded by threads a few batches ahead."""
     # Keras here, not at the top: Kedro imports every node module at start-up.
@@ -134,8 +134,8 @@ def _batches(
     )
     size, dtype = work.features.batch_size, _STORED_DTYPE[work.features.storage]
     loaded = iter_batches([item[:3] for item in items], loader, size, work.loader_threads)
-    for offset, batch in zip(range(0, len(items), size), loaded, strict=True):
-        yield [item[3] for item in items[offset : offset + len(batch)]], forward(batch).astype(dtype)
+    for offset, vectors in zip(range(0, len(items), size), engine.map(loaded), strict=True):
+        yield [item[3] for item in items[offset : offset + len(vectors)]], vectors.astype(dtype)
 
 
 def _description(work: ShardWork) -> str:
@@ -146,11 +146,11 @@ def _description(work: ShardWork) -> str:
 
 def compute_here(work: ShardWork, items: list[Item], store: FeatureStore) -> None:
     """Compute ``items`` in this process, storing a shard every ``shard_size`` vectors."""
-    forward = engines.backbone_forward(work.backbone, work.features)
+    engine = engines.backbone_forward(work.backbone, work.features)
     keys: list[str] = []
     vectors: list[np.ndarray] = []
     with image_bar(len(items), _description(work)) as bar:
-        for batch_keys, batch_vectors in _batches(work, forward, items):
+        for batch_keys, batch_vectors in _batches(work, engine, items):
             keys += batch_keys
             vectors.append(batch_vectors)
             if len(keys) >= work.features.shard_size:
@@ -193,11 +193,11 @@ def compute_missing(
 
 
 # One engine per worker process and configuration, loaded by its first shard and kept for the rest.
-_ENGINES: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+_ENGINES: dict[str, engines.Engine] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
-def _engine(work: ShardWork) -> Callable[[np.ndarray], np.ndarray]:
+def _engine(work: ShardWork) -> engines.Engine:
     """The engine of this worker process for ``work``'s configuration, loaded on first use."""
     identity = json.dumps([work.backbone.model_dump(), work.features.model_dump()], sort_keys=True)
     with _ENGINES_LOCK:
@@ -227,10 +227,10 @@ def compute_on_dask(work: ShardWork, items: list[Item], store: FeatureStore) -> 
     size = work.features.shard_size
     shards = [items[start : start + size] for start in range(0, len(items), size)]
     workers_used: set[str] = set()
-    with _dask_client(work.features) as (client, engine_threads):
+    with _dask_client(work.features) as (client, engine_settings):
         engines.prepare(work.backbone, work.features)
-        if engine_threads != work.features.engine_threads:
-            work = replace(work, features=work.features.model_copy(update={"engine_threads": engine_threads}))
+        if engine_settings:
+            work = replace(work, features=work.features.model_copy(update=engine_settings))
         # Every worker loads its engine before the first shard is handed out; otherwise the first
         # worker ready takes most of the shards while the others are still loading.
         client.run(_load_engine, work, on_error="ignore")
@@ -256,12 +256,12 @@ def compute_on_dask(work: ShardWork, items: list[Item], store: FeatureStore) -> 
 
 
 @contextmanager
-def _dask_client(features: FeaturesParams) -> Iterator[tuple[Any, int]]:
+def _dask_client(features: FeaturesParams) -> Iterator[tuple[Any, dict[str, int]]]:
     """A client of the cluster at ``dask_address``, or of a LocalCluster started (and stopped)
-    here; yielded with the engine threads each worker should use."""
+    here; yielded with the engine settings each worker should use instead of the run's."""
     from distributed import Client, LocalCluster
 
-    address, threads = features.dask_address, features.engine_threads
+    address = features.dask_address
     if address:
         try:
             # Waits distributed.comm.timeouts.connect (Dask's config; 30 s unless set).
@@ -273,7 +273,7 @@ def _dask_client(features: FeaturesParams) -> Iterator[tuple[Any, int]]:
                 "features.dask_address empty for a LocalCluster on this machine."
             ) from None
         with client:
-            yield client, threads
+            yield client, {}
         return
     started = time.perf_counter()
     # One thread a worker: a worker computes one shard at a time, and its engine has the threads.
@@ -292,4 +292,6 @@ def _dask_client(features: FeaturesParams) -> Iterator[tuple[Any, int]]:
             features.dask_workers,
             time.perf_counter() - started,
         )
-        yield client, threads or max(1, (os.cpu_count() or 1) // features.dask_workers)
+        # The workers share this machine's cores: one stream each, on its share of the cores.
+        threads = features.engine_threads or max(1, engines.cores() // features.dask_workers)
+        yield client, {"engine_threads": threads, "engine_streams": features.engine_streams or 1}

@@ -35,7 +35,7 @@ def train_baseline(
         seed_everything,
         split_arrays,
     )
-    from image_classifier.loading import AugmentedImages, ViewLoader
+    from image_classifier.loading import AugmentedImages, ScratchPixels, ViewLoader
     from image_classifier.models import compile_classifier, scratch_convnet
 
     params = BaselineParams(**baseline)
@@ -53,9 +53,9 @@ def train_baseline(
     size = params.input_size
 
     def batches(split: str, loader: ViewLoader) -> AugmentedImages:
-        return AugmentedImages(
-            loader, *split_arrays(image_index, split, class_names), params.batch_size, seed, workers
-        )
+        arrays = split_arrays(image_index, split, class_names)
+        pixels = ScratchPixels(len(arrays[0]), size, f"Baseline ({split} photos)")
+        return AugmentedImages(loader, *arrays, params.batch_size, seed, workers, pixels=pixels)
 
     limits = IngestionParams(**ingestion)
     train = batches("train", ViewLoader(raw_images, limits, size, transforms, seed))

@@ -67,7 +67,7 @@ def fine_tune(
         seed_everything,
         split_arrays,
     )
-    from image_classifier.loading import AugmentedImages, ViewLoader
+    from image_classifier.loading import AugmentedImages, ScratchPixels, ViewLoader
     from image_classifier.models import (
         compile_classifier,
         feature_extractor,
@@ -102,13 +102,16 @@ def fine_tune(
         seed,
         workers,
         passes,
+        ScratchPixels(len(paths), train_size, "Fine-tuning (training photos)"),
     )
+    validation_split = split_arrays(image_index, "validation", class_names)
     validation = AugmentedImages(
         ViewLoader(raw_images, limits, size),
-        *split_arrays(image_index, "validation", class_names),
+        *validation_split,
         batch_size=params.batch_size,
         seed=seed,
         workers=workers,
+        pixels=ScratchPixels(len(validation_split[0]), size, "Fine-tuning (validation photos)"),
     )
     # Variables must be created inside the strategy's scope to be mirrored across replicas.
     with training_strategy(params.strategy).scope():

@@ -49,11 +49,11 @@ def images_per_second(
     items = list(zip(test["path"], test["sha256"], [0] * len(test), strict=True))
     loader = ViewLoader(raw_images, IngestionParams(**ingestion), params.input_size)
     batches = list(iter_batches(items, loader, batch_size, 1))
-    forward = engines.backbone_forward(params, features_params)
-    forward(batches[0])
+    engine = engines.backbone_forward(params, features_params)
+    engine(batches[0])
     start = time.perf_counter()
-    for batch in batches:
-        forward(batch)
+    for _ in engine.map(batches):
+        pass
     rate = len(items) / (time.perf_counter() - start)
     logger.info("Sweep: %s at %d px: %.1f images/s", params.name, params.input_size, rate)
     return rate
