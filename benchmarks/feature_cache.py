@@ -16,7 +16,9 @@ Figures, with the parameters in conf/base (backbone, input size, views, batch si
       backbone and online augmentation
   (h) every installed engine and precision: backbone-only and cold end-to-end images/s, each as a
       ratio to TensorFlow's, and the head's test accuracy on that engine's features
-  (i) the split of the CPU between loader threads and engine threads, for the configured engine
+  (i) the split of the CPU between loader threads and the engine (ONNX Runtime: its streams and
+      their threads), for the configured engine, cold end to end on a quarter of the images, with
+      each run's peak RSS (``--splits-only``: (i) alone)
   (j) the executors: in-process vs. a Dask LocalCluster of 1 and of 2 workers (1 thread each),
       cold end-to-end, the cluster's start and each worker's engine loading included
 With ``--large SIDE``, (a)-(c) only, on a copy of the first ``--fraction`` of each class's demo
@@ -270,6 +272,7 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=1.0, help="share of the demo images to use")
     parser.add_argument("--child", nargs=3, metavar=("STORE", "FRACTION", "FEATURES"), help=argparse.SUPPRESS)
     parser.add_argument("--engines-only", action="store_true", help="only (h) and (i)")
+    parser.add_argument("--splits-only", action="store_true", help="only (i)")
     parser.add_argument("--executors-only", action="store_true", help="only (j)")
     parser.add_argument("--large", type=int, metavar="SIDE", help="(a)-(c) on the photos enlarged to SIDE px")
     args = parser.parse_args()
@@ -295,6 +298,9 @@ def main() -> None:
         raw, index, _, _ = _inputs(params, full)
         if args.engines_only:
             compare_engines(params, raw, index, scratch_path, full)
+            return
+        if args.splits_only:
+            compare_splits(params, scratch_path, full)
             return
         if args.executors_only:
             compare_executors(scratch_path, full)
@@ -381,6 +387,11 @@ def compare_engines(params: dict[str, Any], raw, index, scratch: Path, fraction:
             f"    {engine:<13} {precision:<9}  {a:6.1f} ({a / base['a']:4.2f}x)  {b:6.1f} img/s ({b / base['b']:4.2f}x)"
             f"   {b / a:6.3f}        {metrics['head.test_accuracy']['value']:.4f}"
         )
+    compare_splits(params, scratch, fraction)
+
+
+def compare_splits(params: dict[str, Any], scratch: Path, fraction: float) -> None:
+    """(i) loader threads, engine streams and threads: cold end to end on a quarter of the images."""
     engine = params["features"]["engine"]
     print(
         f"(i) thread split for {engine} ({engines.cores()} cores), cold end-to-end on a quarter of the images:"
@@ -400,7 +411,10 @@ def compare_engines(params: dict[str, Any], raw, index, scratch: Path, fraction:
             engine_threads=threads,
         )
         shown = f"{stream_count or 'default'} streams of {threads or 'their share of'} threads"
-        print(f"    {workers} loader threads, {shown:<34}: {run['computed'] / run['seconds']:6.1f} images/s")
+        print(
+            f"    {workers} loader threads, {shown:<34}: {run['computed'] / run['seconds']:6.1f} images/s, "
+            f"peak RSS {run['peak_rss_mb']:.0f} MB"
+        )
 
 
 if __name__ == "__main__":
