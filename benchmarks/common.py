@@ -28,6 +28,14 @@ def demo_folder() -> Path:
     sys.exit("no demo data: run `make data` or set DEMO_DATA_DIR")
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory, in MB: VmHWM. Not ``ru_maxrss``, which a child
+    started by fork (or vfork) and exec inherits from its parent's size: children of a parent
+    that had loaded TensorFlow all read that parent's peak."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+
+
 def scratch_project(root: Path, share_feature_cache: bool = True) -> Path:
     """The project's conf/ (without conf/local) under ``root``, with empty data/, so that runs
     there write their own outputs and MLflow store. The feature cache is content-addressed and

@@ -35,7 +35,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # figures only; progress bars would 
 
 import keras
 import numpy as np
-from common import demo_folder
+from common import demo_folder, peak_rss_mb
 from kedro.config import OmegaConfigLoader
 from PIL import Image
 
@@ -117,9 +116,8 @@ def _compute(params: dict[str, Any], store: Path, fraction: float):
 def child(store: str, fraction: float, features: str) -> None:
     """One caching run in this fresh process; prints its figures as JSON on the last line."""
     seconds, metrics, _ = _compute(_params(json.loads(features)), Path(store), fraction)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     figures = {k.split(".")[1]: v["value"] for k, v in metrics.items()}
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kb / 1024, **figures}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb(), **figures}))
 
 
 def _in_child(store: Path, fraction: float, **features: Any) -> dict[str, float]:

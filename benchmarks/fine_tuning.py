@@ -33,12 +33,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
-from common import ROOT, demo_folder
+from common import ROOT, demo_folder, peak_rss_mb
 
 VARIANTS: dict[str, dict] = {
     "fp32": {},
@@ -109,7 +108,7 @@ def measure(variant: str, steps: int) -> dict[str, float]:
         inputs = rng.integers(0, 256, (options["batch"], size, size, 3), dtype=np.uint8)
     compile_classifier(model, 1e-4, 0.1)
     row["img_per_s"] = round(_images_per_s(model, inputs, labels, steps), 1)
-    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    row["peak_rss_mb"] = round(peak_rss_mb())
     return row
 
 
