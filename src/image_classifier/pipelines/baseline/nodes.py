@@ -54,7 +54,10 @@ def train_baseline(
 
     def batches(split: str, loader: ViewLoader) -> AugmentedImages:
         arrays = split_arrays(image_index, split, class_names)
-        pixels = ScratchPixels(len(arrays[0]), size, f"Baseline ({split} photos)")
+        # The test photos are read once: only the epochs' splits are worth keeping decoded.
+        pixels = (
+            None if split == "test" else ScratchPixels(len(arrays[0]), size, f"Baseline ({split} photos)")
+        )
         return AugmentedImages(loader, *arrays, params.batch_size, seed, workers, pixels=pixels)
 
     limits = IngestionParams(**ingestion)
