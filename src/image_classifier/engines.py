@@ -215,7 +215,7 @@ def backbone_forward(backbone: BackboneParams, features: FeaturesParams) -> Engi
 
 def _onnx_engine(target: Path, features: FeaturesParams) -> Engine:
     """``streams`` sessions that compute the parts of each batch side by side. On two cores, two
-    single-threaded sessions cache features 11-14% faster end to end than one session on both
+    single-threaded sessions cache features 11-16% faster end to end than one session on both
     cores: the loader threads share those cores, and a session whose threads wait for each other
     stalls whenever a loader takes one of them (benchmarks/README.md, Inference engines)."""
     import onnxruntime as ort
