@@ -167,8 +167,9 @@ def compute_missing(
     """Compute and store the vectors of ``wanted`` (columns path, sha256, view, key) that
     ``store`` lacks, here or on Dask as ``work.features.executor`` says. Returns how many were
     served from the store, how many computed, and how many Dask workers computed them."""
-    missing = wanted.loc[~wanted["key"].map(store.__contains__)].drop_duplicates("key")
-    reused = int(wanted["key"].drop_duplicates().map(store.__contains__).sum())
+    stored = wanted["key"].map(store.__contains__)
+    missing = wanted.loc[~stored].drop_duplicates("key")
+    reused = wanted.loc[stored, "key"].nunique()
     logger.info(
         "%s: %d unique vectors needed, %d served from cache, %d to compute",
         what,
