@@ -76,6 +76,10 @@ def test_bad_values_are_named_with_the_value():
         ParameterError, match=r"features\.engine_streams: 2 needs features\.engine onnxruntime"
     ):
         validate_parameters({"features": {"engine": "openvino", "engine_streams": 2}})
+    with pytest.raises(
+        ParameterError, match=r"fine_tuning\.train_size_epochs: .*set fine_tuning\.train_size"
+    ):
+        validate_parameters({"fine_tuning": {"train_size_epochs": 2}})
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf", float("inf")])

@@ -11,7 +11,7 @@ from PIL import Image
 from image_classifier.config import IngestionParams
 from image_classifier.datasets import ImageFolderDataset
 from image_classifier.images import UnusableImage, decode_rgb, resize
-from image_classifier.loading import AugmentedImages, ScratchPixels, ViewLoader
+from image_classifier.loading import AugmentedImages, ResizedAfter, ScratchPixels, ViewLoader
 from image_classifier.pipelines.inference.nodes import _load
 from image_classifier.serving import as_batch
 from image_classifier.threads import ordered_map
@@ -105,6 +105,32 @@ def test_without_room_for_the_scratch_file_photos_are_decoded_every_epoch(make_f
         UnusableImage, match="disappeared"
     ):  # the photos are read each epoch: without them, no batch
         _two_epochs(folder, ScratchPixels(5, 16, "test", str(tmp_path)), delete_after_first=True)
+
+
+def test_progressive_resizing_changes_the_size_after_its_epochs_and_nothing_else(make_folder, tmp_path):
+    """Two epochs at 12 px, then 16 px: each batch is the one a single-size dataset gives in that
+    epoch (same photos, order, labels and views), and the small size's scratch file goes at the
+    switch."""
+    folder = make_folder({f"c/{i}.png": i for i in range(5)})
+    paths = list(folder.files)
+
+    def images(size: int, pixels: ScratchPixels | None = None) -> AugmentedImages:
+        loader = ViewLoader(folder, IngestionParams(), size, FLIP, seed=3)
+        return AugmentedImages(loader, paths, [f"sha-{p}" for p in paths], np.arange(5), 4, 0, 1, 2, pixels)
+
+    small_pixels = ScratchPixels(5, 12, "test", str(tmp_path))
+    progressive = ResizedAfter(images(12, small_pixels), images(16), epochs=2, workers=1)
+    small, large = images(12), images(16)
+    for epoch in range(4):
+        expected = small if epoch < 2 else large
+        assert len(progressive) == len(expected) == 3
+        for index in range(len(progressive)):
+            got, want = progressive[index], expected[index]
+            assert got[0].shape[1:] == ((12, 12, 3) if epoch < 2 else (16, 16, 3))
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        for dataset in (progressive, small, large):
+            dataset.on_epoch_end()
+        assert (small_pixels._file is None) == (epoch >= 1)
 
 
 def test_training_inference_and_serving_decode_a_large_jpeg_alike(tiny_demo, tmp_path):

@@ -211,6 +211,12 @@ class FineTuningParams(_Strict):
         description="pixels a side of the training views; null: backbone.input_size, at which the "
         "model is validated and logged either way",
     )
+    train_size_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="progressive resizing: the first this many epochs train at train_size, the rest at "
+        "backbone.input_size; null: every epoch at train_size",
+    )
     learning_rate: float = Field(1e-4, gt=0)
     warmup_epochs: float = Field(0.5, ge=0.0, description="linear warm-up from a tenth of learning_rate")
     schedule: Literal["plateau", "cosine"] = Field(
@@ -231,6 +237,15 @@ class FineTuningParams(_Strict):
     strategy: Literal["auto", "default", "mirrored"] = _not_in_fingerprint(
         "auto", description="auto: MirroredStrategy when several GPUs are visible, else the default device"
     )
+
+    @model_validator(mode="after")
+    def _progressive_needs_a_train_size(self) -> FineTuningParams:
+        if self.train_size_epochs is not None and self.train_size is None:
+            raise ValueError(
+                "fine_tuning.train_size_epochs: the epochs at fine_tuning.train_size, which is null; "
+                "set fine_tuning.train_size too"
+            )
+        return self
 
 
 class EvaluationParams(_Strict):

@@ -131,6 +131,13 @@ class ScratchPixels:
         self._filled[index] = True
         return image
 
+    def close(self) -> None:
+        """Give the scratch file back now (on a tmpfs it holds memory): the photos are no longer
+        wanted at this size."""
+        scratch, self._file = self._file, None
+        if scratch is not None:
+            scratch.close()
+
 
 def iter_batches(
     items: Sequence[tuple[str, str, int]],
@@ -202,3 +209,60 @@ class AugmentedImages(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         self._epoch += 1
         self._shuffle()
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def release(self) -> None:
+        """This size is done with: its scratch file, if any, goes."""
+        if self._pixels is not None:
+            self._pixels.close()
+
+
+class ResizedAfter:
+    """Progressive resizing: ``first``'s batches for ``epochs`` epochs, then ``later``'s.
+
+    The two are the same photos, batch size, seed and augmentations at two sizes, and both are
+    told of every epoch's end, so the switch changes the size of the views and nothing else: the
+    order of the photos and the view each gets are those one dataset would have given.
+    """
+
+    def __init__(self, first: AugmentedImages, later: AugmentedImages, epochs: int, workers: int):
+        if len(first) != len(later):
+            raise ValueError(f"the two sizes' epochs differ: {len(first)} and {len(later)} batches")
+        self._first, self._later, self._epochs, self._epoch = first, later, epochs, 0
+        self._workers = workers
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return (self._first if self._epoch < self._epochs else self._later)[index]
+
+    def on_epoch_end(self) -> None:
+        self._epoch += 1
+        self._first.on_epoch_end()
+        self._later.on_epoch_end()
+        if self._epoch == self._epochs:
+            self._first.release()
+
+    def dataset(self) -> Any:
+        """The batches as ``fit`` takes them: a ``tf.data.Dataset`` of images of any size, each
+        pass over it one epoch. (Keras fixes a ``PyDataset``'s shapes from its first batches and
+        would refuse the larger views after the switch.)"""
+        import tensorflow as tf
+
+        labels = self._first.labels
+
+        def epoch() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            yield from ordered_map(self.__getitem__, range(len(self)), self._workers, 2 * self._workers)
+            self.on_epoch_end()
+
+        return tf.data.Dataset.from_generator(
+            epoch,
+            output_signature=(
+                tf.TensorSpec((None, None, None, 3), tf.uint8),
+                tf.TensorSpec((None, *labels.shape[1:]), tf.as_dtype(labels.dtype)),
+            ),
+        )

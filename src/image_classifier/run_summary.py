@@ -54,6 +54,8 @@ def run_name(pipeline_name: str, params: Parameters, reads: set[str]) -> str:
     if "fine_tuning" in reads:
         tuning = params.fine_tuning
         trained_at = f"@{tuning.train_size}" if tuning.train_size else ""
+        if tuning.train_size_epochs:
+            trained_at += f" ({tuning.train_size_epochs} ep)"
         parts.append(f"ft{tuning.unfreeze_layers}{trained_at}" if tuning.enabled else "no fine-tuning")
     if "augmentation" in reads:
         views = params.augmentation.views

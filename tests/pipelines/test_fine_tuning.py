@@ -148,3 +148,17 @@ def test_training_on_smaller_views_validates_and_returns_the_model_at_the_input_
     accuracy = (model.predict(images, verbose=0).argmax(axis=1) == labels).mean()
     assert accuracy == pytest.approx(metrics["finetune.val_accuracy"]["value"])
     assert accuracy >= 0.5  # chance is 1/3: the fitted weights are the returned model's
+
+
+def test_progressive_resizing_trains_at_train_size_then_at_the_input_size(inputs, caplog):
+    """fine_tuning.train_size_epochs: the first epoch's steps see 48 px views, the second's 64 px
+    ones, in one fit; the model returned is the raw-image model at 64 px, as without it."""
+    with caplog.at_level("INFO"):
+        model, metrics, _, outcome = _run(inputs, enabled=True, train_size=48, train_size_epochs=1)
+    assert "at 48 px for 1, then 64 px" in caplog.text
+    assert [p["step"] for p in metrics["history/finetune.loss"]] == [0, 1]
+    assert model.get_layer("mobilenet_v2_features").get_layer("resize").height == 64
+    images, labels = _photos(inputs, "validation")
+    accuracy = (model.predict(images, verbose=0).argmax(axis=1) == labels).mean()
+    assert accuracy == pytest.approx(metrics["finetune.val_accuracy"]["value"])
+    assert outcome["final_model"] == "fine-tuned" and accuracy >= 0.5

@@ -67,7 +67,7 @@ def fine_tune(
         seed_everything,
         split_arrays,
     )
-    from image_classifier.loading import AugmentedImages, ScratchPixels, ViewLoader
+    from image_classifier.loading import AugmentedImages, ResizedAfter, ScratchPixels, ViewLoader
     from image_classifier.models import (
         compile_classifier,
         feature_extractor,
@@ -93,17 +93,16 @@ def fine_tune(
     paths, shas, labels = split_arrays(image_index, "train", class_names)
     passes = max(1, -(-params.min_epoch_images // max(len(paths), 1)))
     epoch_images = len(paths) * passes
-    train = AugmentedImages(
-        ViewLoader(raw_images, limits, train_size, transforms, seed),
-        paths,
-        shas,
-        labels,
-        params.batch_size,
-        seed,
-        workers,
-        passes,
-        ScratchPixels(len(paths), train_size, "Fine-tuning (training photos)"),
-    )
+
+    def training_images(at: int) -> AugmentedImages:
+        pixels = ScratchPixels(len(paths), at, f"Fine-tuning (training photos at {at} px)")
+        loader = ViewLoader(raw_images, limits, at, transforms, seed)
+        return AugmentedImages(loader, paths, shas, labels, params.batch_size, seed, workers, passes, pixels)
+
+    train = training_images(train_size)
+    progressive = params.train_size_epochs is not None and train_size != size
+    if progressive:
+        train = ResizedAfter(train, training_images(size), params.train_size_epochs, workers)
     validation_split = split_arrays(image_index, "validation", class_names)
     validation = AugmentedImages(
         ViewLoader(raw_images, limits, size),
@@ -140,20 +139,27 @@ def fine_tune(
         unfrozen = unfreeze_top(trunk, params.unfreeze_layers, spec.tunable)
         learning_rate, schedule_callbacks = _schedule(params, len(train))
         compile_classifier(fitted, learning_rate, head_params.label_smoothing)
+    sizes = (
+        f"{train_size} px for {params.train_size_epochs}, then {size} px"
+        if progressive
+        else f"{train_size} px"
+    )
     logger.info(
-        "Fine-tuning %d backbone layers for up to %d epochs of %d images at %d px (%s schedule); the "
+        "Fine-tuning %d backbone layers for up to %d epochs of %d images at %s (%s schedule); the "
         "frozen model scores val_loss %.4f, val_accuracy %.4f",
         unfrozen,
         params.epochs,
         epoch_images,
-        train_size,
+        sizes,
         params.schedule,
         frozen["loss"],
         frozen["accuracy"],
     )
     stopping = fit_callbacks(params.patience, "fine_tuning.learning_rate", baseline=frozen)
     fit = fitted.fit(
-        train,
+        train.dataset() if progressive else train,
+        # Keras shuffles a PyDataset's batches, not a tf.data one's (each epoch's photos come in a new order anyway).
+        shuffle=not progressive,
         validation_data=validation,
         epochs=params.epochs,
         class_weight=class_weights(labels.argmax(axis=1), len(class_names), head_params.class_weight),
