@@ -7,7 +7,9 @@ and no pipeline package imports another.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 
 import keras
 import numpy as np
@@ -16,6 +18,8 @@ import tensorflow as tf
 
 from image_classifier.errors import ProjectError
 from image_classifier.progress import image_bar
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingDiverged(ProjectError):
@@ -144,6 +148,7 @@ class ImageProgress(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self._bar = image_bar(self._images, f"{self._desc} epoch {epoch + 1}/{self.params['epochs']}")
+        self._started = time.perf_counter()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         self._bar.set_postfix(_scores(logs), refresh=False)  # drawn by the update
@@ -153,6 +158,17 @@ class ImageProgress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self._bar.set_postfix(_scores(logs), refresh=False)  # with the validation scores
         self._bar.close()
+        # A line that stays in the log, for where no one watches the bar (an orchestrator's task log).
+        scores = ", ".join(f"{name} {value}" for name, value in _scores(logs).items())
+        seconds = time.perf_counter() - self._started
+        logger.info(
+            "%s epoch %d/%d: %.0f s (validation included), %s",
+            self._desc,
+            epoch + 1,
+            self.params["epochs"],
+            seconds,
+            scores,
+        )
 
 
 def _scores(logs: dict[str, float] | None) -> dict[str, str]:

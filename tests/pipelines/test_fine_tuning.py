@@ -1,3 +1,5 @@
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -156,6 +158,10 @@ def test_progressive_resizing_trains_at_train_size_then_at_the_input_size(inputs
     with caplog.at_level("INFO"):
         model, metrics, _, outcome = _run(inputs, enabled=True, train_size=48, train_size_epochs=1)
     assert "at 48 px for 1, then 64 px" in caplog.text
+    # Each epoch leaves a line in the log, with its time and validation scores.
+    assert re.search(
+        r"fine-tuning epoch 2/2: \d+ s \(validation included\), accuracy .*val_accuracy", caplog.text
+    )
     assert [p["step"] for p in metrics["history/finetune.loss"]] == [0, 1]
     assert model.get_layer("mobilenet_v2_features").get_layer("resize").height == 64
     images, labels = _photos(inputs, "validation")
