@@ -132,6 +132,21 @@ def test_progressive_resizing_changes_the_size_after_its_epochs_and_nothing_else
             dataset.on_epoch_end()
         assert (small_pixels._file is None) == (epoch >= 1)
 
+    # Through tf.data, as fit takes it: each epoch a new iterator, read for exactly its batches.
+    small_pixels = ScratchPixels(5, 12, "test", str(tmp_path))
+    dataset = ResizedAfter(images(12, small_pixels), images(16), epochs=2, workers=1).dataset()
+    small, large = images(12), images(16)
+    assert int(dataset.cardinality()) == 3
+    for epoch in range(4):
+        expected = small if epoch < 2 else large
+        iterator = iter(dataset)
+        for index in range(3):
+            got, want = next(iterator), expected[index]
+            assert np.array_equal(got[0].numpy(), want[0]) and np.array_equal(got[1].numpy(), want[1])
+        for single_size in (small, large):
+            single_size.on_epoch_end()
+    assert small_pixels._file is None
+
 
 def test_training_inference_and_serving_decode_a_large_jpeg_alike(tiny_demo, tmp_path):
     # A camera-sized photo is decoded at a reduced scale; every path must use the same one, or

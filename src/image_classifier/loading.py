@@ -246,23 +246,36 @@ class ResizedAfter:
         self._later.on_epoch_end()
         if self._epoch == self._epochs:
             self._first.release()
+            logger.info(
+                "Progressive resizing: from epoch %d on, the training views are %d px (they were %d px)",
+                self._epoch + 1,
+                self._later._loader.size,
+                self._first._loader.size,
+            )
 
     def dataset(self) -> Any:
         """The batches as ``fit`` takes them: a ``tf.data.Dataset`` of images of any size, each
-        pass over it one epoch. (Keras fixes a ``PyDataset``'s shapes from its first batches and
-        would refuse the larger views after the switch.)"""
+        new iterator over it one epoch. (Keras fixes a ``PyDataset``'s shapes from its first
+        batches and would refuse the larger views after the switch.)"""
         import tensorflow as tf
 
-        labels = self._first.labels
+        labels, started = self._first.labels, [False]
 
         def epoch() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            # Keras takes an epoch's batches from a new iterator and stops at their count, without
+            # asking the old one for more: the epoch before ends when the next one starts.
+            if started[0]:
+                self.on_epoch_end()
+            started[0] = True
             yield from ordered_map(self.__getitem__, range(len(self)), self._workers, 2 * self._workers)
-            self.on_epoch_end()
 
-        return tf.data.Dataset.from_generator(
+        dataset = tf.data.Dataset.from_generator(
             epoch,
             output_signature=(
                 tf.TensorSpec((None, None, None, 3), tf.uint8),
                 tf.TensorSpec((None, *labels.shape[1:]), tf.as_dtype(labels.dtype)),
             ),
         )
+        # A known length: Keras would otherwise learn it by running out of data in the first epoch
+        # (and warn of "interrupting training").
+        return dataset.apply(tf.data.experimental.assert_cardinality(len(self)))

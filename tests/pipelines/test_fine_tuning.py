@@ -152,12 +152,25 @@ def test_training_on_smaller_views_validates_and_returns_the_model_at_the_input_
     assert accuracy >= 0.5  # chance is 1/3: the fitted weights are the returned model's
 
 
-def test_progressive_resizing_trains_at_train_size_then_at_the_input_size(inputs, caplog):
+def test_progressive_resizing_trains_at_train_size_then_at_the_input_size(inputs, caplog, recwarn):
     """fine_tuning.train_size_epochs: the first epoch's steps see 48 px views, the second's 64 px
     ones, in one fit; the model returned is the raw-image model at 64 px, as without it."""
     with caplog.at_level("INFO"):
         model, metrics, _, outcome = _run(inputs, enabled=True, train_size=48, train_size_epochs=1)
     assert "at 48 px for 1, then 64 px" in caplog.text
+    # The switch happened between the two epochs, during the fit.
+    epoch_lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith(("fine-tuning epoch", "Progressive resizing"))
+    ]
+    assert [line.split(":")[0] for line in epoch_lines] == [
+        "fine-tuning epoch 1/2",
+        "Progressive resizing",
+        "fine-tuning epoch 2/2",
+    ]
+    assert "from epoch 2 on, the training views are 64 px (they were 48 px)" in epoch_lines[1]
+    assert not [w for w in recwarn if "ran out of data" in str(w.message)]
     # Each epoch leaves a line in the log, with its time and validation scores.
     assert re.search(
         r"fine-tuning epoch 2/2: \d+ s \(validation included\), accuracy .*val_accuracy", caplog.text
