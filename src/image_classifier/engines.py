@@ -225,12 +225,14 @@ def _onnx_engine(target: Path, features: FeaturesParams) -> Engine:
     options.intra_op_num_threads = features.engine_threads or max(1, cores() // streams)
     sessions: queue.SimpleQueue = queue.SimpleQueue()
     for _ in range(streams):
-        sessions.put(ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"]))
+        session = ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
+        sessions.put(session)
+    name = session.get_inputs()[0].name  # the same model in every session
 
     def forward(batch: np.ndarray) -> np.ndarray:
         session = sessions.get()  # a session free for this thread: one batch per session at a time
         try:
-            return session.run(None, {session.get_inputs()[0].name: batch})[0]
+            return session.run(None, {name: batch})[0]
         finally:
             sessions.put(session)
 

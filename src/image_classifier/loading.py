@@ -229,8 +229,6 @@ class ResizedAfter:
     """
 
     def __init__(self, first: AugmentedImages, later: AugmentedImages, epochs: int, workers: int):
-        if len(first) != len(later):
-            raise ValueError(f"the two sizes' epochs differ: {len(first)} and {len(later)} batches")
         self._first, self._later, self._epochs, self._epoch = first, later, epochs, 0
         self._workers = workers
 
