@@ -23,7 +23,10 @@ that speed, and the process's peak RSS. Variants:
 - px160, px192: a smaller input, as in the early epochs of progressive resizing;
 - trunk_cached: only the unfrozen top, fed the frozen part's output at the freeze boundary, as if
   that output were cached for each planned view; the frozen part's own speed (what filling such a
-  cache costs per view) is printed beside it.
+  cache costs per view) is printed beside it;
+- unresized: the model without its resize layer, fed views of the input size (as ``xla`` is);
+- xla, xla_bf16: the training step compiled by XLA (``jit_compile=True``, which Keras turns off
+  on a machine with no GPU), in float32 and in ``mixed_bfloat16``.
 
 Accuracy is not measured here: benchmarks/accuracy.py runs whole recipes with 3 seeds.
 """
@@ -50,6 +53,9 @@ VARIANTS: dict[str, dict] = {
     "px160": {"size": 160},
     "px192": {"size": 192},
     "trunk_cached": {"trunk_cached": True},
+    "unresized": {"unresized": True},
+    "xla": {"xla": True},
+    "xla_bf16": {"xla": True, "policy": "mixed_bfloat16"},
 }
 
 
@@ -80,6 +86,7 @@ def measure(variant: str, steps: int) -> dict[str, float]:
         feature_extractor,
         full_classifier,
         unfreeze_top,
+        unresized_classifier,
     )
 
     spec, size = get_spec("mobilenet_v2"), options["size"]
@@ -104,9 +111,17 @@ def measure(variant: str, steps: int) -> dict[str, float]:
         inputs = bottom.predict(pixels, verbose=0)
         row["boundary_kb_fp16"] = round(int(np.prod(boundary.shape[1:])) * 2 / 1024, 1)
     else:
-        model = full_classifier(feature_extractor(trunk, spec, size), head)
+        # XLA cannot compile the in-model antialiased resize, which views of the input size skip.
+        unresized = options.get("xla") or options.get("unresized")
+        model = (
+            unresized_classifier(trunk, spec, head)
+            if unresized
+            else full_classifier(feature_extractor(trunk, spec, size), head)
+        )
         inputs = rng.integers(0, 256, (options["batch"], size, size, 3), dtype=np.uint8)
     compile_classifier(model, 1e-4, 0.1)
+    # Keras leaves XLA off on a machine with no GPU: it has to be asked for.
+    model.jit_compile = options.get("xla", False)
     row["img_per_s"] = round(_images_per_s(model, inputs, labels, steps), 1)
     row["peak_rss_mb"] = round(peak_rss_mb())
     return row

@@ -253,6 +253,46 @@ def test_the_registered_model_reloads_in_a_fresh_process(logged, tmp_path):
     np.testing.assert_allclose(fresh, here, atol=1e-6)
 
 
+_RELOADS = """
+import logging, sys
+import keras, mlflow, numpy as np
+
+warned = []
+handler = logging.Handler(logging.WARNING)
+handler.emit = lambda record: warned.append("retracing" in record.getMessage())
+logging.getLogger("tensorflow").addHandler(handler)
+mlflow.set_tracking_uri(sys.argv[1])
+for _ in range(4):
+    if sys.argv[2] == "pyfunc":
+        assert len(mlflow.pyfunc.load_model(sys.argv[3]).predict(np.zeros((1, 32, 32, 3), np.uint8))) == 1
+    else:  # the pyfunc's warm-up, by hand
+        model = keras.models.load_model(sys.argv[3], compile=False)
+        for count in (1, 2):
+            model.predict_on_batch(np.zeros((count, 32, 32, 3), np.uint8))
+print(sum(warned))
+"""
+
+
+def test_loading_the_model_again_and_again_warns_of_no_retracing(logged, tmp_path):
+    """MLflow loads a model twice when it logs it, and each load traces the model's predict
+    function for two batch sizes: TensorFlow, counting every model's traces together, warned
+    of excessive retracing. Each child process starts with TensorFlow's count at zero."""
+    uri, model_uri, model = logged
+    model.save(tmp_path / "classifier.keras")
+
+    def warnings_of_retracing(how: str, what: str) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", _RELOADS, uri, how, what], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return int(done.stdout.strip().splitlines()[-1])
+
+    assert warnings_of_retracing("keras", str(tmp_path / "classifier.keras")) > 0, (
+        "TensorFlow no longer warns"
+    )
+    assert warnings_of_retracing("pyfunc", model_uri) == 0
+
+
 # --- through `mlflow models serve` ----------------------------------------------------------
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +202,28 @@ def model_description(context: Any) -> dict[str, Any]:
     return {**described, **(context.model_config or {})}
 
 
+class _NotRetracing(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _traces_expected() -> Iterator[None]:
+    """Hides TensorFlow's warning of "excessive retracing" while a freshly loaded model traces.
+
+    TensorFlow counts the traces of every Keras model's predict function together, so a process
+    that loads the model a few times warns, in a screenful, of a retracing that is by design:
+    ``log_classifier`` does, when MLflow loads the model it logs twice to check the input example.
+    """
+    quiet = _NotRetracing()
+    logger = logging.getLogger("tensorflow")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):
     """Serves a Keras model that takes raw RGB uint8 batches (N, H, W, 3) of any H and W, or a
     1-D array of encoded image files (bytes, or base64 text) or differently sized images (see
@@ -224,8 +248,11 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
         self._limits = limits.model_copy(update={"min_side": min(limits.min_side, self._input_size)})
         # The first predictions trace the model's function (seconds each): here, not in the first
         # requests. A second batch size makes TensorFlow trace one for any number of photos.
-        for count in (1, 2):
-            self._model.predict_on_batch(np.zeros((count, self._input_size, self._input_size, 3), np.uint8))
+        with _traces_expected():
+            for count in (1, 2):
+                self._model.predict_on_batch(
+                    np.zeros((count, self._input_size, self._input_size, 3), np.uint8)
+                )
 
     @property
     def input_size(self) -> int:
