@@ -48,9 +48,10 @@ Item = tuple[str, str, int, str]
 PIXELS_VERSION = "pil-draft-bilinear-aa-2"
 
 
-def cache_key(sha256: str, view: int, context: str, augmentation_hash: str) -> str:
-    """Everything that changes a feature vector, hashed. View 0 ignores the augmentation config."""
-    augmentation = augmentation_hash if view > 0 else "-"
+def cache_key(sha256: str, view: int, context: str, augmentation_hash: str, seed: int) -> str:
+    """Everything that changes a feature vector, hashed. View 0 ignores the augmentation config
+    and the seed, which draws each augmented view's transforms (``augment.view_seed``)."""
+    augmentation = f"{augmentation_hash}|seed-{seed}" if view > 0 else "-"
     return hashlib.sha256(f"{context}|{sha256}|{view}|{augmentation}".encode()).hexdigest()
 
 

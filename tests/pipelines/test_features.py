@@ -25,7 +25,7 @@ def inputs(tiny_demo):
     return _inputs(tiny_demo)
 
 
-def _run(inputs, store_dir, weights_dir, input_size=64, augmentation=AUGMENTATION, **features):
+def _run(inputs, store_dir, weights_dir, input_size=64, augmentation=AUGMENTATION, seed=42, **features):
     raw, index, plan, names = inputs
     return compute_features(
         plan,
@@ -38,38 +38,44 @@ def _run(inputs, store_dir, weights_dir, input_size=64, augmentation=AUGMENTATIO
         {"batch_size": 16, **features},
         augmentation,
         2,
-        42,
+        seed,
     )
 
 
 def test_every_key_field_changes_the_key():
     context = backbone_context(BackboneParams(input_size=96), FeaturesParams())
-    base = cache_key("a" * 64, 1, context, "aug1")
+    base = cache_key("a" * 64, 1, context, "aug1", 42)
     variants = [
-        cache_key("b" * 64, 1, context, "aug1"),  # image content
-        cache_key("a" * 64, 2, context, "aug1"),  # view index
-        cache_key("a" * 64, 1, context, "aug2"),  # augmentation config
-        cache_key("a" * 64, 1, backbone_context(BackboneParams(input_size=128), FeaturesParams()), "aug1"),
-        cache_key("a" * 64, 1, backbone_context(BackboneParams(), FeaturesParams(storage="fp16")), "aug1"),
+        cache_key("a" * 64, 1, context, "aug1", 43),  # seed
+        cache_key("b" * 64, 1, context, "aug1", 42),  # image content
+        cache_key("a" * 64, 2, context, "aug1", 42),  # view index
+        cache_key("a" * 64, 1, context, "aug2", 42),  # augmentation config
+        cache_key(
+            "a" * 64, 1, backbone_context(BackboneParams(input_size=128), FeaturesParams()), "aug1", 42
+        ),
+        cache_key(
+            "a" * 64, 1, backbone_context(BackboneParams(), FeaturesParams(storage="fp16")), "aug1", 42
+        ),
         cache_key(
             "a" * 64,
             1,
             backbone_context(BackboneParams(), FeaturesParams(engine="openvino", precision="bf16")),
             "aug1",
+            42,
         ),
         cache_key(
-            "a" * 64, 1, backbone_context(BackboneParams(), FeaturesParams(engine="tensorflow")), "aug1"
+            "a" * 64, 1, backbone_context(BackboneParams(), FeaturesParams(engine="tensorflow")), "aug1", 42
         ),
         # The audit's centre crops
         cache_key(
-            "a" * 64, 1, backbone_context(BackboneParams(input_size=96), FeaturesParams(), 0.9), "aug1"
+            "a" * 64, 1, backbone_context(BackboneParams(input_size=96), FeaturesParams(), 0.9), "aug1", 42
         ),
     ]
     assert len({base, *variants}) == 1 + len(variants)
     # Backbone name and weights hash are in the context string that every key hashes.
     assert context.startswith("mobilenet_v2|b03531047ffacf1e") and "|96|" in context
-    # The plain view does not depend on the augmentation config: changing it keeps view 0 cached.
-    assert cache_key("a" * 64, 0, context, "aug1") == cache_key("a" * 64, 0, context, "aug2")
+    # The plain view depends on neither the augmentation config nor the seed: view 0 stays cached.
+    assert cache_key("a" * 64, 0, context, "aug1", 42) == cache_key("a" * 64, 0, context, "aug2", 43)
 
 
 @pytest.mark.slow
@@ -95,6 +101,18 @@ def test_changed_augmentation_recomputes_only_augmented_views(inputs, tmp_path):
     _, _, _, metrics = _run(inputs, tmp_path / "store", tmp_path / "weights", augmentation=rotated)
     assert metrics["features.computed"]["value"] == 24
     assert metrics["features.reused"]["value"] == 72
+
+
+@pytest.mark.slow
+def test_another_seed_recomputes_only_augmented_views_and_they_differ(inputs, tmp_path):
+    # A rotation by a random angle: the seed decides each view's pixels (a flip with p=1 would not).
+    rotated = {"views": 2, "transforms": [{"name": "Rotate", "params": {"limit": 30, "p": 1.0}}]}
+    first = _run(inputs, tmp_path / "store", tmp_path / "weights", augmentation=rotated, seed=1)
+    second = _run(inputs, tmp_path / "store", tmp_path / "weights", augmentation=rotated, seed=2)
+    assert second[3]["features.computed"]["value"] == 24 and second[3]["features.reused"]["value"] == 72
+    augmented = first[0]["views"] > 0
+    np.testing.assert_array_equal(first[0]["features"][~augmented], second[0]["features"][~augmented])
+    assert not np.allclose(first[0]["features"][augmented], second[0]["features"][augmented])
 
 
 @pytest.mark.slow

@@ -94,7 +94,7 @@ def compute_centre_features(
             f"{len(unknown)} images of the features are not in the image index (first: "
             f"{unknown.iat[0]}); run the features stage again: kedro run --pipelines features,audit"
         )
-    wanted["key"] = [cache_key(sha, 0, context, "-") for sha in wanted["sha256"]]
+    wanted["key"] = [cache_key(sha, 0, context, "-", 0) for sha in wanted["sha256"]]
     work = ShardWork.of(
         raw_images,
         feature_store,

@@ -49,7 +49,7 @@ def compute_features(
     items = _items(view_plan, image_index)
     for frame in items.values():
         frame["key"] = [
-            cache_key(sha, int(view), context, augmentation_hash)
+            cache_key(sha, int(view), context, augmentation_hash, seed)
             for sha, view in zip(frame["sha256"], frame["view"], strict=True)
         ]
     work = ShardWork.of(
