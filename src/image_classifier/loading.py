@@ -214,6 +214,11 @@ class AugmentedImages(keras.utils.PyDataset):
     def labels(self) -> np.ndarray:
         return self._labels
 
+    @property
+    def size(self) -> int:
+        """The side of the square views, in pixels."""
+        return self._loader.size
+
     def release(self) -> None:
         """This size is done with: its scratch file, if any, goes."""
         if self._pixels is not None:
@@ -247,8 +252,8 @@ class ResizedAfter:
             logger.info(
                 "Progressive resizing: from epoch %d on, the training views are %d px (they were %d px)",
                 self._epoch + 1,
-                self._later._loader.size,
-                self._first._loader.size,
+                self._later.size,
+                self._first.size,
             )
 
     def dataset(self) -> Any:
