@@ -146,7 +146,7 @@ def main() -> None:
         pooled = keras.layers.GlobalAveragePooling2D()(top(inputs, training=False))
         model = keras.Model(inputs, head(pooled))
         train = CachedViews([view[k] for view in views], labels, params.batch_size, args.seed, args.flip)
-        learning_rate, schedule = _schedule(params, len(train))
+        learning_rate, schedule = _schedule(params, params.peak_learning_rate(len(labels)), len(train))
         compile_classifier(model, learning_rate, smoothing)
         val_x = validation[k].astype(np.float32)
         frozen = dict(

@@ -82,6 +82,15 @@ def test_bad_values_are_named_with_the_value():
         validate_parameters({"fine_tuning": {"train_size_epochs": 2}})
 
 
+def test_a_null_fine_tuning_rate_is_decided_by_the_number_of_training_photos():
+    auto = validate_parameters({}).fine_tuning
+    assert auto.learning_rate is None
+    assert auto.peak_learning_rate(200) == auto.peak_learning_rate(999) == 1e-4
+    assert auto.peak_learning_rate(1000) == auto.peak_learning_rate(3068) == 3e-4
+    chosen = validate_parameters({"fine_tuning": {"learning_rate": 5e-5}}).fine_tuning
+    assert chosen.peak_learning_rate(200) == chosen.peak_learning_rate(3068) == 5e-5
+
+
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf", float("inf")])
 def test_every_float_parameter_must_be_finite(value):
     # inf passes "> 0" and used to train to NaN losses and register a model at chance accuracy;

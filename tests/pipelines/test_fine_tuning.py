@@ -107,6 +107,13 @@ def test_a_fine_tuning_that_cannot_help_costs_patience_epochs_and_the_frozen_mod
     )
 
 
+def test_a_null_rate_warms_up_to_the_rate_for_few_photos_and_says_so(inputs):
+    model, metrics, history, outcome = _run(inputs, True, epochs=1, learning_rate=None)
+    assert outcome["learning_rate"] == 1e-4  # a tiny folder: far fewer than 1000 training photos
+    assert metrics["diagnostics/finetune.learning_rate"]["value"] == 1e-4
+    assert history["learning_rate"] == pytest.approx([1e-4])
+
+
 def test_enabled_trains_only_top_layers_and_keeps_batchnorm_frozen(inputs, tmp_path):
     model, metrics, history, outcome = _run(inputs, enabled=True)
     # Chance is 1/3; 12 or more right of 24 happens by chance about 4% of the time.

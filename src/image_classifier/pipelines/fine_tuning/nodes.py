@@ -137,7 +137,8 @@ def fine_tune(
     frozen_weights = model.get_weights()
     with training_strategy(params.strategy).scope():
         unfrozen = unfreeze_top(trunk, params.unfreeze_layers, spec.tunable)
-        learning_rate, schedule_callbacks = _schedule(params, len(train))
+        peak = params.peak_learning_rate(len(paths))
+        learning_rate, schedule_callbacks = _schedule(params, peak, len(train))
         compile_classifier(fitted, learning_rate, head_params.label_smoothing)
     sizes = (
         f"{train_size} px for {params.train_size_epochs}, then {size} px"
@@ -145,13 +146,14 @@ def fine_tune(
         else f"{train_size} px"
     )
     logger.info(
-        "Fine-tuning %d backbone layers for up to %d epochs of %d images at %s (%s schedule); the "
-        "frozen model scores val_loss %.4f, val_accuracy %.4f",
+        "Fine-tuning %d backbone layers for up to %d epochs of %d images at %s (%s schedule, peak "
+        "rate %g); the frozen model scores val_loss %.4f, val_accuracy %.4f",
         unfrozen,
         params.epochs,
         epoch_images,
         sizes,
         params.schedule,
+        peak,
         frozen["loss"],
         frozen["accuracy"],
     )
@@ -196,6 +198,7 @@ def fine_tune(
                 "diagnostics/finetune.kept": float(kept),
                 "diagnostics/finetune.best_epoch": best_epoch,
                 "diagnostics/finetune.epochs_run": epochs_run,
+                "diagnostics/finetune.learning_rate": peak,
             }
         ),
     }
@@ -206,6 +209,7 @@ def fine_tune(
         "best_epoch": best_epoch,
         "epochs_run": epochs_run,
         "epoch_images": epoch_images,
+        "learning_rate": peak,
     }
     return stamp(model, fingerprint(image_index, params_digest)), metrics, plain_history(fit), outcome
 
@@ -225,10 +229,10 @@ def _frozen_scores(
     return {"loss": float(loss), "accuracy": float((probabilities.argmax(axis=1) == labels).mean())}
 
 
-def _schedule(params: FineTuningParams, steps_per_epoch: int) -> tuple[Any, list[Any]]:
+def _schedule(params: FineTuningParams, peak: float, steps_per_epoch: int) -> tuple[Any, list[Any]]:
     """The optimizer's learning rate and the callbacks that move it.
 
-    Both warm up from a tenth of the rate, so that the first steps of a freshly unfrozen trunk are
+    Both warm up from a tenth of ``peak``, so that the first steps of a freshly unfrozen trunk are
     small. ``plateau`` then holds the rate and cuts it when validation loss stalls, which needs no
     known run length; ``cosine`` decays to zero by the last of ``epochs``, so an early stop ends
     it at a rate still high.
@@ -240,13 +244,13 @@ def _schedule(params: FineTuningParams, steps_per_epoch: int) -> tuple[Any, list
     warmup = int(params.warmup_epochs * steps_per_epoch)
     if params.schedule == "cosine":
         cosine = keras.optimizers.schedules.CosineDecay(
-            params.learning_rate / 10,
+            peak / 10,
             decay_steps=max(steps_per_epoch * params.epochs - warmup, 1),
-            warmup_target=params.learning_rate,
+            warmup_target=peak,
             warmup_steps=warmup,
         )
         return cosine, []
     plateau = keras.callbacks.ReduceLROnPlateau(
-        "val_loss", factor=_PLATEAU_FACTOR, patience=1, min_lr=params.learning_rate * _PLATEAU_FACTOR**3
+        "val_loss", factor=_PLATEAU_FACTOR, patience=1, min_lr=peak * _PLATEAU_FACTOR**3
     )
-    return params.learning_rate / 10, [WarmUp(params.learning_rate, warmup), plateau]
+    return peak / 10, [WarmUp(peak, warmup), plateau]
