@@ -227,7 +227,7 @@ class FineTuningParams(_Strict):
         description="peak rate after the warm-up; null: 3e-4 for 1000 training photos or more, "
         "1e-4 for fewer (peak_learning_rate)",
     )
-    warmup_epochs: float = Field(0.5, ge=0.0, description="linear warm-up from a tenth of learning_rate")
+    warmup_epochs: float = Field(0.5, ge=0.0, description="linear warm-up from a tenth of the peak rate")
     schedule: Literal["plateau", "cosine"] = Field(
         "plateau",
         description="after the warm-up: plateau (hold, cut when validation loss stalls) or cosine over epochs",
