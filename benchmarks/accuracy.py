@@ -22,9 +22,9 @@ the final model's validation accuracy (mean ± sd over seeds), the fine-tuning e
 wall time, then each seed's final validation accuracy and fine-tuning epochs. Recipes: ``old``
 (4 epochs, cosine schedule from a peak rate of 1e-4, early stopping on validation loss, the
 fine-tuned model always final: the default before issue 16), ``new`` (the current defaults)
-and any given with ``--recipe`` (the current defaults with some parameters changed). Recipes are compared on
-validation only; test accuracy is printed for one recipe alone (``--test``, default ``new``), the
-default it reports on.
+and any given with ``--recipe`` (the current defaults with some parameters changed). Recipes
+are compared on validation only; test accuracy is printed for one recipe alone (``--test``,
+default ``new``), the default it reports on.
 """
 
 from __future__ import annotations
