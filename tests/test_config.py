@@ -91,6 +91,15 @@ def test_a_null_fine_tuning_rate_is_decided_by_the_number_of_training_photos():
     assert chosen.peak_learning_rate(200) == chosen.peak_learning_rate(3068) == 5e-5
 
 
+def test_a_null_label_smoothing_is_decided_by_the_number_of_training_photos():
+    auto = validate_parameters({}).training
+    assert auto.label_smoothing is None
+    assert auto.smoothing(200) == auto.smoothing(999) == 0.0
+    assert auto.smoothing(1000) == auto.smoothing(3068) == 0.1
+    chosen = validate_parameters({"training": {"label_smoothing": 0.0}}).training
+    assert chosen.smoothing(200) == chosen.smoothing(3068) == 0.0
+
+
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf", float("inf")])
 def test_every_float_parameter_must_be_finite(value):
     # inf passes "> 0" and used to train to NaN losses and register a model at chance accuracy;

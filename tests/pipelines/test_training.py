@@ -77,6 +77,21 @@ def test_hidden_layer_label_smoothing_and_class_weights():
     assert metrics["head.test_accuracy"]["value"] > 0.95
     # Smoothed targets keep the loss away from zero even when every prediction is right.
     assert metrics["history/head.loss"][-1]["value"] > 0.1
+    assert metrics["diagnostics/training.label_smoothing"]["value"] == 0.1
+
+
+@pytest.mark.slow
+def test_a_null_label_smoothing_is_decided_by_the_number_of_training_photos():
+    params = {**PARAMS, "label_smoothing": None}
+    for per_class, smoothing in ((40, 0.0), (334, 0.1)):  # 120 and 1002 training photos
+        train = _blobs(0, per_class)
+        _, metrics, _ = train_head(
+            train, _blobs(1, 10), _blobs(2, 10), _index(train), ["a", "b", "c"], params, seed=3
+        )
+        assert metrics["diagnostics/training.label_smoothing"]["value"] == smoothing
+        # Smoothed by 0.1 over 3 classes, the loss cannot fall below the targets' entropy, 0.29;
+        # the unsmoothed head gets every blob right and ends near 0.15.
+        assert (metrics["history/head.loss"][-1]["value"] > 0.25) == (smoothing > 0)
 
 
 def test_balanced_class_weights_equalise_each_class_total():

@@ -133,13 +133,14 @@ def fine_tune(
     # The model fine-tuning must beat: the frozen backbone with the trained head. Its scores on
     # the validation photos are the head's on their cached features (the same pixels through
     # the same network, to within 1e-5): no pass over the photos, no extra trace of the model.
-    frozen = _frozen_scores(head_model, validation_features, len(class_names), head_params.label_smoothing)
+    smoothing = head_params.smoothing(len(paths))
+    frozen = _frozen_scores(head_model, validation_features, len(class_names), smoothing)
     frozen_weights = model.get_weights()
     with training_strategy(params.strategy).scope():
         unfrozen = unfreeze_top(trunk, params.unfreeze_layers, spec.tunable)
         peak = params.peak_learning_rate(len(paths))
         learning_rate, schedule_callbacks = _schedule(params, peak, len(train))
-        compile_classifier(fitted, learning_rate, head_params.label_smoothing)
+        compile_classifier(fitted, learning_rate, smoothing)
     sizes = (
         f"{train_size} px for {params.train_size_epochs}, then {size} px"
         if progressive

@@ -52,7 +52,8 @@ def train_head(
     seed_everything(seed)
     n = len(class_names)
     head = classifier_head(train_features["features"].shape[1], n, params.dropout, seed, params.hidden_units)
-    compile_classifier(head, params.learning_rate, params.label_smoothing)
+    smoothing = params.smoothing(int((image_index["split"] == "train").sum()))
+    compile_classifier(head, params.learning_rate, smoothing)
     one_hot = {
         name: (data["features"], keras.utils.to_categorical(data["labels"], n))
         for name, data in (("train", train_features), ("val", validation_features), ("test", test_features))
@@ -74,6 +75,12 @@ def train_head(
     logger.info("Head: val_accuracy %.4f, test_accuracy %.4f", scores["val"], scores["test"])
     metrics = {
         **history_metrics(fit.history, "head"),
-        **scalar_metrics({"head.val_accuracy": scores["val"], "head.test_accuracy": scores["test"]}),
+        **scalar_metrics(
+            {
+                "head.val_accuracy": scores["val"],
+                "head.test_accuracy": scores["test"],
+                "diagnostics/training.label_smoothing": smoothing,
+            }
+        ),
     }
     return head, metrics, plain_history(fit)
