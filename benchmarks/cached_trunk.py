@@ -33,7 +33,7 @@ import yaml
 from common import ROOT
 
 from image_classifier.backbones import get_spec, load_pretrained
-from image_classifier.config import AugmentationParams, FineTuningParams, IngestionParams
+from image_classifier.config import AugmentationParams, FineTuningParams, IngestionParams, TrainingParams
 from image_classifier.datasets import ImageFolder, StampedModelDataset
 from image_classifier.fitting import fit_callbacks, seed_everything, split_arrays
 from image_classifier.loading import ViewLoader, iter_batches
@@ -101,7 +101,7 @@ def main() -> None:
     params = FineTuningParams(**_conf("parameters_fine_tuning")["fine_tuning"])
     augmentation = AugmentationParams(**_conf("parameters_augmentation")["augmentation"])
     project_seed = _conf("parameters")["seed"]
-    smoothing = _conf("parameters_training")["training"]["label_smoothing"]
+    training = TrainingParams(**_conf("parameters_training")["training"])
     raw_dir = _conf("globals")["raw_images_dir"]
     index = pd.read_csv(ROOT / "data/02_intermediate/image_index.csv")
     classes = json.loads((ROOT / "data/02_intermediate/class_names.json").read_text())
@@ -147,7 +147,7 @@ def main() -> None:
         model = keras.Model(inputs, head(pooled))
         train = CachedViews([view[k] for view in views], labels, params.batch_size, args.seed, args.flip)
         learning_rate, schedule = _schedule(params, params.peak_learning_rate(len(labels)), len(train))
-        compile_classifier(model, learning_rate, smoothing)
+        compile_classifier(model, learning_rate, training.smoothing(len(labels)))
         val_x = validation[k].astype(np.float32)
         frozen = dict(
             zip(("loss", "accuracy"), map(float, model.evaluate(val_x, val_labels, verbose=0)), strict=True)

@@ -210,8 +210,9 @@ class TrainingParams(_Strict):
 
     def smoothing(self, training_photos: int) -> float:
         """``label_smoothing``, or when null the value measured best for a training set this size:
-        with 3,068 training photos at 128 px, 0.1 lifted the fine-tuned model on validation; with
-        200 it lowered both the head and the fine-tuned model (benchmarks/README.md)."""
+        with 3,068 training photos, full size and at 128 px, 0.1 lifted the fine-tuned model on
+        validation; with 200 it lowered both the head and the fine-tuned model
+        (benchmarks/README.md). The threshold is the peak rate's."""
         if self.label_smoothing is not None:
             return self.label_smoothing
         return 0.1 if training_photos >= _MANY_PHOTOS else 0.0
