@@ -71,6 +71,20 @@ def test_a_fine_tuning_whose_accuracy_climbs_while_its_loss_rises_runs_on_and_ke
     assert stopper.best_epoch == 3
 
 
+def test_a_lower_loss_alone_is_no_progress_once_the_most_accurate_epoch_is_past():
+    """The demo with label smoothing (seed 2): after its most accurate epoch (the 5th) the
+    validation loss kept falling a little for 3 more epochs and none of them was kept. The
+    rule stops 2 epochs after the best; counting the loss alone ran it to the cap of 12."""
+    frozen = {"loss": 0.946, "accuracy": 0.8211}
+    scores = [
+        (0.8450, 0.8798), (0.8273, 0.8886), (0.7728, 0.9032), (0.7737, 0.9091), (0.6814, 0.9384),
+        (0.6770, 0.9326), (0.6775, 0.9267), (0.6680, 0.9326), (0.6689, 0.9355), (0.6657, 0.9326),
+    ]  # fmt: skip
+    stopper = BestEpoch(patience=2, baseline=frozen)
+    assert _epochs(stopper, scores) == 7
+    assert stopper.best_epoch == 4
+
+
 def test_epochs_that_beat_the_frozen_model_on_neither_score_cost_patience_epochs():
     frozen = {"loss": 0.50, "accuracy": 0.90}
     # Each epoch improves on the last, but none reaches the frozen model's loss or accuracy.

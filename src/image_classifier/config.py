@@ -257,7 +257,7 @@ class FineTuningParams(_Strict):
     patience: int = Field(
         2,
         ge=1,
-        description="epochs without a better validation loss or accuracy (or neither better than the frozen model's)",
+        description="epochs after the best one (most accurate on validation, then lowest loss) before stopping",
     )
     strategy: Literal["auto", "default", "mirrored"] = _not_in_fingerprint(
         "auto", description="auto: MirroredStrategy when several GPUs are visible, else the default device"

@@ -53,18 +53,19 @@ def fit_callbacks(
 
 
 class BestEpoch(keras.callbacks.Callback):
-    """Stops after ``patience`` epochs without progress on validation and restores the best
-    epoch's weights, like Keras' EarlyStopping on validation loss.
+    """Stops after ``patience`` epochs without a new best epoch and restores the best epoch's
+    weights, like Keras' EarlyStopping on validation loss.
 
     With a ``baseline`` (the validation ``loss`` and ``accuracy`` of the model before this fit,
     which the fit must beat to be worth keeping), the best epoch is the most accurate (then the
-    lowest loss): the order in which the fitted model is later weighed against the baseline; a
-    new best epoch or a lower loss than every epoch before is progress. Fine-tuning on few
-    photos often grows overconfident, so its validation loss rises while its accuracy still
-    climbs; stopping on loss alone cut such runs after ``patience`` epochs. An epoch that beats
-    the baseline on neither counts against the patience even when it beats the epoch before, so
-    a fit that cannot help costs ``patience`` epochs (Keras' callback would run on as long as each
-    epoch improves on the last).
+    lowest loss): the order in which the fitted model is later weighed against the baseline.
+    Fine-tuning on few photos often grows overconfident, so its validation loss rises while its
+    accuracy still climbs; stopping on loss alone cut such runs after ``patience`` epochs. With
+    label smoothing the loss keeps falling by a little after the most accurate epoch; counting
+    a lower loss alone as progress ran such fits on for epochs they never kept. An epoch that
+    beats the baseline on neither counts against the patience even when it is the best so far,
+    so a fit that cannot help costs ``patience`` epochs (Keras' callback would run on as long as
+    each epoch improves on the last).
     """
 
     def __init__(self, patience: int, baseline: dict[str, float] | None = None):
@@ -73,7 +74,7 @@ class BestEpoch(keras.callbacks.Callback):
         self.best_epoch = 0
 
     def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
-        self._best_loss, self._best_weights, self._best_key, self._wait = math.inf, None, None, 0
+        self._best_weights, self._best_key, self._wait = None, None, 0
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         if "val_loss" not in (logs or {}):  # no validation photos: nothing to stop on
@@ -85,14 +86,11 @@ class BestEpoch(keras.callbacks.Callback):
             accuracy = float(logs["val_accuracy"])
             key = (accuracy, -loss)
             useful = loss < self._baseline["loss"] or accuracy > self._baseline["accuracy"]
-        best = self._best_key is None or key > self._best_key
-        progress = best or loss < self._best_loss
-        self._best_loss = min(self._best_loss, loss)
-        if best:
+        if self._best_key is None or key > self._best_key:
             self._best_key, self.best_epoch, self._best_weights = key, epoch, self.model.get_weights()
-        if progress and useful:
-            self._wait = 0
-            return
+            if useful:
+                self._wait = 0
+                return
         self._wait += 1
         if self._wait >= self._patience:
             self.model.stop_training = True

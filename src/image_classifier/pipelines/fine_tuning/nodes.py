@@ -44,11 +44,12 @@ def fine_tune(
     """Return the final raw-image classifier, its metrics, the fine-tuning history and the
     outcome: which model is final and why.
 
-    Fine-tuning runs up to ``epochs`` epochs and stops when validation loss has not improved for
-    ``patience`` epochs, keeping the best epoch; epochs that never beat the frozen model's loss
-    count against the patience, so a fine-tuning that cannot help costs ``patience`` epochs. The
-    final model is the fine-tuned one only if it beats the frozen backbone with the trained head
-    on validation accuracy (then loss); otherwise it is that frozen model.
+    Fine-tuning runs up to ``epochs`` epochs and stops ``patience`` epochs after its best one
+    (the most accurate on validation, then the lowest loss), keeping it; epochs that beat the
+    frozen model on neither count against the patience, so a fine-tuning that cannot help costs
+    ``patience`` epochs. The final model is the fine-tuned one only if it beats the frozen
+    backbone with the trained head on validation accuracy (then loss); otherwise it is that
+    frozen model.
 
     ``training`` is the head's recipe: fine-tuning keeps its label smoothing and class weights.
     The model is stamped with the fingerprint of this run's data and parameters, which
