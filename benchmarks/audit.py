@@ -1,9 +1,10 @@
 """The data audit on a corrupted copy of the demo photos: precision and recall per kind, its cost
 next to a warm run's, and what leaving the flagged images out does to test accuracy.
 
-    .venv/bin/python benchmarks/audit.py                  # everything (~28 min)
+    .venv/bin/python benchmarks/audit.py                  # everything (~40 min)
     .venv/bin/python benchmarks/audit.py --no-training    # detection and thresholds only (~10 min)
-    .venv/bin/python benchmarks/audit.py --seed 1 --run-seeds 42,0   # (a) and (b) with two run seeds
+    .venv/bin/python benchmarks/audit.py --seed 1 --run-seeds 42,0   # (a), (b), (c) with two run seeds
+    .venv/bin/python benchmarks/audit.py --seed 1 --no-detection --runs c   # the ceiling (c) alone
 
 The corruption, seeded (--seed): 5% of the training photos are moved to another class (their
 label flipped); 30 test photos are copied into train under their own class, 6 each of: mirrored,
@@ -21,10 +22,12 @@ Label-issue precision is shown twice: against the flips only, and not counting t
 clean audit flags too at that cut-off (label errors of the demo photos themselves, or photos
 between two classes, which no flip explains).
 
-Without --no-training: two warm `kedro run`s of the whole default pipeline on the corrupted copy,
+Without --no-training: warm `kedro run`s of the whole default pipeline on the corrupted copy,
 (a) as it is and (b) with `audit.exclude=[label_issues,cross_split_duplicates,outliers]`, and
-their test accuracy on the clean test split (the planted copies live in train). The audit's wall
-time is read from (a)'s `diagnostics/time.audit_s`.
+their test accuracy on the clean test split (the planted copies live in train). (c) is the
+ceiling of (b): the corrupted copy without exactly what was planted, as a perfect audit would
+leave out (the demo photos less the flipped ones). The audit's wall time is read from (a)'s
+`diagnostics/time.audit_s`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -51,6 +56,7 @@ from image_classifier.pipelines.audit.pipeline import create_pipeline as audit_p
 _NEAR_COPIES = ("mirror", "crop90", "jpeg40", "half", "rotate")
 _AUDIT_PIPELINES = ["ingestion", "augmentation", "features", "audit"]
 _EVERYTHING = "[label_issues,cross_split_duplicates,outliers]"
+_RUNS = {"a": "(a) corrupted", "b": "(b) audit.exclude all", "c": "(c) planted left out"}
 
 
 def _near_copy(photo: Image.Image, kind: str, rng: np.random.Generator, target: Path) -> None:
@@ -121,6 +127,18 @@ def corrupt(raw: Path, target: Path, seed: int) -> dict[str, set[str]]:
         planted["outliers"].add(relative)
     planted["originals"] = originals  # type: ignore[assignment]
     return planted
+
+
+def without_planted(corrupted: Path, target: Path, planted: dict) -> Path:
+    """The corrupted copy less every planted file under ``target``: what a perfect audit with
+    ``audit.exclude`` of every kind would train on."""
+    left_out = planted["flips"] | planted["copies"] | planted["outliers"]
+    for photo in sorted(corrupted.glob("*/*/*")):
+        relative = photo.relative_to(corrupted).as_posix()
+        if relative not in left_out:
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            os.link(photo, target / relative)
+    return target
 
 
 def _audit(project: Path, raw: Path, **params) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -224,14 +242,19 @@ def _test_without_copies(project: Path, originals: set[str]) -> str:
     )
 
 
-def training(project: Path, corrupted: Path, run_seed: int | None, originals: set[str]) -> None:
+def training(
+    project: Path, folders: dict[str, Path], which: str, run_seed: int | None, originals: set[str]
+) -> None:
     # The run's own seed (split, views, head, fine-tuning), not the corruption's: a second run
     # seed shows how much of (b) - (a) is one fine-tuning run's luck.
     seeded = {} if run_seed is None else {"seed": run_seed}
+    extras = {"a": {}, "b": {"audit.exclude": _EVERYTHING}, "c": {}}
     runs, leak_free = {}, {}
-    for name, extra in (("(a) corrupted", {}), ("(b) audit.exclude all", {"audit.exclude": _EVERYTHING})):
-        runs[name] = kedro_run(project, ["__default__"], raw_images_dir=corrupted, **seeded, **extra)
-        leak_free[name] = _test_without_copies(project, originals)
+    for key in which:
+        runs[_RUNS[key]] = kedro_run(
+            project, ["__default__"], raw_images_dir=folders[key], **seeded, **extras[key]
+        )
+        leak_free[_RUNS[key]] = _test_without_copies(project, originals)
     for name, run in runs.items():
         print(
             f"{name} (run seed {'default' if run_seed is None else run_seed}): "
@@ -240,7 +263,9 @@ def training(project: Path, corrupted: Path, run_seed: int | None, originals: se
             f"wall {run['wall_s']:.0f} s; validation: fine-tuned {run.get('finetune.val_accuracy', float('nan')):.4f}, "
             f"head {run['head.val_accuracy']:.4f}; test {leak_free[name]}"
         )
-    a = runs["(a) corrupted"]
+    if "a" not in which:
+        return
+    a = runs[_RUNS["a"]]
     stages = {stage: a.get(f"diagnostics/time.{stage}_s", 0.0) for stage in DEFAULT_STAGES}
     print(
         f"audit {stages['audit']:.1f} s of the warm run's {sum(stages.values()):.1f} s of stages "
@@ -258,9 +283,19 @@ def main() -> None:
     parser.add_argument("--no-detection", action="store_true", help="the full runs (a) and (b) only")
     parser.add_argument(
         "--run-seeds",
-        help="comma-separated run seeds for (a) and (b), e.g. 42,0 (default: the project's seed, once)",
+        help="comma-separated run seeds for the full runs, e.g. 42,0 (default: the project's seed, once)",
+    )
+    parser.add_argument(
+        "--runs",
+        default="a,b,c",
+        help="which full runs, comma-separated: a (corrupted), b (audit.exclude all), c (planted left out)",
     )
     args = parser.parse_args()
+    which = args.runs.replace(",", "")
+    if not which or set(which) - set(_RUNS):
+        parser.error(f"--runs takes a comma-separated subset of a,b,c, not {args.runs!r}")
+    # SIGTERM would end the process without unwinding: the scratch folder (~300 MB) would stay.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     raw = demo_folder()
     with tempfile.TemporaryDirectory(prefix="audit-bench-") as scratch:
         corrupted = Path(scratch) / "corrupted"
@@ -277,8 +312,11 @@ def main() -> None:
             detection(project, raw, corrupted, planted)
         if not args.no_training:
             run_seeds = [int(seed) for seed in args.run_seeds.split(",")] if args.run_seeds else [None]
+            folders = {"a": corrupted, "b": corrupted}
+            if "c" in which:
+                folders["c"] = without_planted(corrupted, Path(scratch) / "planted-left-out", planted)
             for run_seed in run_seeds:
-                training(project, corrupted, run_seed, set(planted["originals"].values()))
+                training(project, folders, which, run_seed, set(planted["originals"].values()))
 
 
 if __name__ == "__main__":
