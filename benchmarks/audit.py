@@ -280,7 +280,7 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-training", action="store_true", help="detection only, no full runs")
-    parser.add_argument("--no-detection", action="store_true", help="the full runs (a) and (b) only")
+    parser.add_argument("--no-detection", action="store_true", help="the full runs only (--runs)")
     parser.add_argument(
         "--run-seeds",
         help="comma-separated run seeds for the full runs, e.g. 42,0 (default: the project's seed, once)",
