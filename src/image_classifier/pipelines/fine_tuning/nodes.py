@@ -47,9 +47,9 @@ def fine_tune(
     Fine-tuning runs up to ``epochs`` epochs and stops ``patience`` epochs after its best one
     (the most accurate on validation, then the lowest loss), keeping it; epochs that beat the
     frozen model on neither count against the patience unless each is more accurate than every
-    epoch before it, so a fine-tuning that cannot help costs ``patience`` epochs. The final model is the fine-tuned one only if it beats the frozen
-    backbone with the trained head on validation accuracy (then loss); otherwise it is that
-    frozen model.
+    epoch before it, so a fine-tuning that cannot help costs ``patience`` epochs. The final
+    model is the fine-tuned one only if it beats the frozen backbone with the trained head on
+    validation accuracy (then loss); otherwise it is that frozen model.
 
     ``training`` is the head's recipe: fine-tuning keeps its label smoothing and class weights.
     The model is stamped with the fingerprint of this run's data and parameters, which
