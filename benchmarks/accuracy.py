@@ -111,8 +111,20 @@ def _old_pick(losses: list[float], accuracies: list[float], patience: int = 2) -
 
 def _epoch_s(run: dict[str, float]) -> float:
     """Seconds per fine-tuning epoch, validation included."""
-    return run.get("diagnostics/time.fine_tuning_s", float("nan")) / max(
-        run["diagnostics/finetune.epochs_run"], 1
+    return run.get("diagnostics/time.fine_tuning_s", float("nan")) / max(_epochs(run), 1)
+
+
+def _epochs(run: dict[str, float]) -> float:
+    """Fine-tuning epochs run: none are logged with fine_tuning.enabled=false."""
+    return run.get("diagnostics/finetune.epochs_run", 0.0)
+
+
+def _tuning(run: dict[str, float]) -> str:
+    if not _epochs(run):
+        return "no fine-tuning"
+    return (
+        f"{_epochs(run):.0f} fine-tuning epochs "
+        f"(best {run['diagnostics/finetune.best_epoch']:.0f}, {_epoch_s(run):.0f} s each)"
     )
 
 
@@ -144,13 +156,12 @@ def compare_recipes(project: Path, raw: Path, scratch: Path, args: argparse.Name
                     print(
                         f"[{variant} {backbone} {recipe} seed {seed}] head val {run['head.val_accuracy']:.4f}, "
                         f"final val {_final_val(run, recipe):.4f}, "
-                        f"{run['diagnostics/finetune.epochs_run']:.0f} fine-tuning epochs "
-                        f"(best {run['diagnostics/finetune.best_epoch']:.0f}, {_epoch_s(run):.0f} s each), "
+                        f"{_tuning(run)}, "
                         f"{run['wall_s']:.0f} s",
                         file=sys.stderr,
                         flush=True,
                     )
-                epochs = [r["diagnostics/finetune.epochs_run"] for r in runs]
+                epochs = [_epochs(r) for r in runs]
                 test = _mean_sd([r["test_accuracy"] for r in runs]) if args.test == recipe else ""
                 print(
                     f"{variant:<12} {backbone:<19} {recipe:<7} {_mean_sd([r['head.val_accuracy'] for r in runs])}  "

@@ -136,11 +136,14 @@ def tracked(project: Path) -> Iterator[mlflow.MlflowClient]:
         yield mlflow.MlflowClient(uri)
 
 
-def run_session(project: Path, pipeline: str | list[str] = "__default__", **dotted) -> None:
-    """Like ``kedro run --pipelines P --params "a.b=v,..."``, which nests dotted keys the same way."""
+def run_session(
+    project: Path, pipeline: str | list[str] = "__default__", env: str | None = None, **dotted
+) -> None:
+    """Like ``kedro run --pipelines P --env E --params "a.b=v,..."``, which nests dotted keys the
+    same way."""
     params = OmegaConf.to_container(OmegaConf.from_dotlist([f"{k}={v}" for k, v in dotted.items()]))
     bootstrap_project(project)
-    with KedroSession.create(project_path=project, runtime_params=params) as session:
+    with KedroSession.create(project_path=project, env=env, runtime_params=params) as session:
         session.run(pipeline_names=[pipeline] if isinstance(pipeline, str) else pipeline)
 
 

@@ -13,8 +13,10 @@ from image_classifier.config import (
 from image_classifier.settings import CONFIG_LOADER_ARGS
 
 
-def _conf(**runtime_params):
-    return OmegaConfigLoader(str(PROJECT_ROOT / "conf"), runtime_params=runtime_params, **CONFIG_LOADER_ARGS)
+def _conf(env=None, **runtime_params):
+    return OmegaConfigLoader(
+        str(PROJECT_ROOT / "conf"), env=env, runtime_params=runtime_params, **CONFIG_LOADER_ARGS
+    )
 
 
 def _leaves(tree, prefix=""):
@@ -34,6 +36,18 @@ def test_shipped_parameters_are_the_schema_defaults():
     documented = set(_leaves(shipped))
     schema = set(_leaves(Parameters().model_dump())) - set(CATALOG_SETTINGS)
     assert documented == schema
+
+
+def test_the_fast_environment_changes_three_keys_and_keeps_the_rest_from_base():
+    fast = validate_parameters(_conf(env="fast")["parameters"])
+    assert fast.backbone.name == "efficientnet_lite1"
+    assert fast.fine_tuning.enabled is False and fast.audit.centre_crop == 1.0
+    # Soft merge: the sections' other keys are conf/base's.
+    expected = Parameters().model_dump()
+    expected["backbone"].update(name="efficientnet_lite1", input_size=240)  # null: its native size
+    expected["fine_tuning"]["enabled"] = False
+    expected["audit"]["centre_crop"] = 1.0
+    assert fast.model_dump() == expected
 
 
 def test_the_catalog_settings_have_one_home_in_globals():

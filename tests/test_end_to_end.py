@@ -254,3 +254,24 @@ def test_a_model_left_by_a_killed_run_is_neither_scored_nor_registered(project, 
     assert isinstance(problem, StaleModelError), refused.value
     assert "trained with other parameters" in str(problem) and "--from-nodes fine_tune" in str(problem)
     assert len(tracking.search_model_versions("name='image_classifier'")) == versions_before
+
+
+def test_the_fast_environment_trains_the_head_on_efficientnet_lite1_alone(tmp_path, tiny_demo):
+    """``kedro run --env fast``: conf/fast changes its three keys over conf/base, and the run
+    registers the frozen EfficientNet-Lite1 with the head as a model that takes raw photos."""
+    project = scratch_project(tmp_path / "project", tiny_demo)
+    with tracked(project) as tracking:
+        run_session(project, env="fast", **{"backbone.input_size": 96, "training.epochs": 20})
+        run = latest_run(tracking)
+        versions = tracking.search_model_versions("name='image_classifier'")
+    assert run.info.run_name == "default · efficientnet_lite1@96 · no fine-tuning · 3 views"
+    assert run.data.params["audit.centre_crop"] == "1.0"
+    assert run.data.params["fine_tuning.enabled"] == "False"
+    assert run.data.params["training.learning_rate"] == "0.001"  # from conf/base
+    metrics = run.data.metrics
+    assert not {name for name in metrics if name.startswith("finetune.")}
+    assert metrics["head.test_accuracy"] > 0.5 and metrics["test_accuracy"] > 0.5
+    assert [v.run_id for v in versions] == [run.info.run_id]
+    model = mlflow.pyfunc.load_model(f"models:/image_classifier/{versions[0].version}")
+    photo = np.asarray(Image.open(next((project / "data/01_raw/images/test/pants").iterdir())).convert("RGB"))
+    assert model.predict(photo[None])["label"].iloc[0] in {"dress", "hat", "pants"}
