@@ -56,7 +56,12 @@ from image_classifier.pipelines.audit.pipeline import create_pipeline as audit_p
 _NEAR_COPIES = ("mirror", "crop90", "jpeg40", "half", "rotate")
 _AUDIT_PIPELINES = ["ingestion", "augmentation", "features", "audit"]
 _EVERYTHING = "[label_issues,cross_split_duplicates,outliers]"
-_RUNS = {"a": "(a) corrupted", "b": "(b) audit.exclude all", "c": "(c) planted left out"}
+# Each full run: its name and the parameters it changes.
+_RUNS = {
+    "a": ("(a) corrupted", {}),
+    "b": ("(b) audit.exclude all", {"audit.exclude": _EVERYTHING}),
+    "c": ("(c) planted left out", {}),
+}
 
 
 def _near_copy(photo: Image.Image, kind: str, rng: np.random.Generator, target: Path) -> None:
@@ -248,13 +253,11 @@ def training(
     # The run's own seed (split, views, head, fine-tuning), not the corruption's: a second run
     # seed shows how much of (b) - (a) is one fine-tuning run's luck.
     seeded = {} if run_seed is None else {"seed": run_seed}
-    extras = {"a": {}, "b": {"audit.exclude": _EVERYTHING}, "c": {}}
     runs, leak_free = {}, {}
     for key in which:
-        runs[_RUNS[key]] = kedro_run(
-            project, ["__default__"], raw_images_dir=folders[key], **seeded, **extras[key]
-        )
-        leak_free[_RUNS[key]] = _test_without_copies(project, originals)
+        name, extra = _RUNS[key]
+        runs[name] = kedro_run(project, ["__default__"], raw_images_dir=folders[key], **seeded, **extra)
+        leak_free[name] = _test_without_copies(project, originals)
     for name, run in runs.items():
         print(
             f"{name} (run seed {'default' if run_seed is None else run_seed}): "
@@ -265,7 +268,7 @@ def training(
         )
     if "a" not in which:
         return
-    a = runs[_RUNS["a"]]
+    a = runs[_RUNS["a"][0]]
     stages = {stage: a.get(f"diagnostics/time.{stage}_s", 0.0) for stage in DEFAULT_STAGES}
     print(
         f"audit {stages['audit']:.1f} s of the warm run's {sum(stages.values()):.1f} s of stages "
