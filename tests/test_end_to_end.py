@@ -32,6 +32,9 @@ RUN_PARAMS = {
     # A full-rate step over 40 layers on 24 photos is noise: a gentle one keeps the head's accuracy.
     "fine_tuning.unfreeze_layers": 4,
     "fine_tuning.learning_rate": 1e-5,
+    # 24 validation photos: too few mistakes for fine-tuning to ever be chosen, so it would not
+    # start; 0 runs it anyway, through the paired comparison that then keeps one of the two.
+    "fine_tuning.fixable_share": 0.0,
     "augmentation.views": 2,
 }
 
@@ -72,6 +75,13 @@ def test_default_pipeline_tracks_everything_and_registers_the_model(project, tra
         "diagnostics/evaluation.tta_flip"
     ] in (0.0, 1.0)
     assert metrics["diagnostics/finetune.frozen_val_accuracy"] > 0.5
+    for choice in ("finetune.selection", "evaluation.tta_selection"):
+        gained, lost = metrics[f"diagnostics/{choice}.gained"], metrics[f"diagnostics/{choice}.lost"]
+        assert metrics[f"diagnostics/{choice}.photos"] == 24 and gained + lost <= 24
+        assert 0 < metrics[f"diagnostics/{choice}.p_value"] <= 1
+    note = run.data.tags["mlflow.note.content"]
+    assert "- **fine-tuning**: kept " in note and " validation photos (" in note, note
+    assert "- **test-time augmentation**: kept " in note, note
     assert metrics["diagnostics/ingestion.accepted"] == 72
     assert all(
         metrics[f"diagnostics/time.{stage}_s"] >= 0 for stage in ("ingestion", "features", "fine_tuning")

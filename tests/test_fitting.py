@@ -1,11 +1,13 @@
-"""fitting: the bar that replaces Keras' per-epoch line while fine-tuning, and early stopping."""
+"""fitting: the bar that replaces Keras' per-epoch line while fine-tuning, early stopping, paired
+validation and the rate probe."""
 
 import re
 
 import keras
 import numpy as np
+import pytest
 
-from image_classifier.fitting import BestEpoch, ImageProgress
+from image_classifier.fitting import BestEpoch, ImageProgress, PairedValidation, probe_rates
 
 
 def _bar_lines(stderr: str, desc: str) -> list[str]:
@@ -119,3 +121,68 @@ def test_without_a_baseline_only_the_loss_counts_as_for_the_head():
     stopper = BestEpoch(patience=2)
     assert _epochs(stopper, [(0.9, 0.5), (0.95, 0.6), (0.97, 0.7), (0.5, 0.8)]) == 3
     assert stopper.best_epoch == 0
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int):
+        super().__init__()
+        self._images, self._labels, self._batch_size = images, labels, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self._images) // self._batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        window = slice(index * self._batch_size, (index + 1) * self._batch_size)
+        return self._images[window], self._labels[window]
+
+
+def test_paired_validation_scores_as_keras_does_and_counts_the_photos_won_and_lost():
+    """In place of Keras' validation: the same val_loss and val_accuracy each epoch, plus the
+    photos the epoch gets right that the reference got wrong, and the reverse."""
+    rng = np.random.default_rng(0)
+    images = rng.random((30, 4), dtype=np.float32)
+    labels = keras.utils.to_categorical(rng.integers(0, 3, 30), 3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=loss, metrics=["accuracy"])
+    reference = np.arange(30) % 2 == 0  # right on the even photos
+    paired = PairedValidation(_Batches(images, labels, 8), loss, reference)
+    fit = model.fit(images, labels, batch_size=8, epochs=2, callbacks=[paired], verbose=0)
+    keras_says = model.evaluate(images, labels, verbose=0, return_dict=True)
+    assert fit.history["val_loss"][-1] == pytest.approx(keras_says["loss"], rel=1e-5)
+    assert fit.history["val_accuracy"][-1] == pytest.approx(keras_says["accuracy"])
+    right = model.predict(images, verbose=0).argmax(axis=1) == labels.argmax(axis=1)
+    np.testing.assert_array_equal(paired.correct[-1], right)
+    assert fit.history["val_gained"][-1] == (right & ~reference).sum()
+    assert fit.history["val_lost"][-1] == (reference & ~right).sum()
+    assert len(paired.correct) == 2
+
+
+def test_the_rate_probe_keeps_the_rate_whose_validation_loss_is_lowest_and_restores_the_start():
+    """A constructed case: from a model that already fits the data, a huge rate wrecks it within
+    the probe's steps and a small one does not; the lower rate is chosen, and the weights are
+    the start's again, whichever rate ran last."""
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(64, 4)).astype(np.float32)
+    labels = keras.utils.to_categorical((images[:, 0] > 0).astype(int), 2)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss="categorical_crossentropy")
+    model.fit(images, labels, epochs=30, verbose=0)
+    start = [w.copy() for w in model.get_weights()]
+    loss = keras.losses.CategoricalCrossentropy()
+
+    def compile_at(rate: float) -> None:
+        model.compile(optimizer=keras.optimizers.Adam(rate), loss=loss)
+
+    def validation_loss() -> float:
+        return float(loss(labels, model.predict(images, verbose=0)))
+
+    chosen, losses = probe_rates(
+        model, compile_at, _Batches(images, labels, 8), 8, [100.0, 1e-3], validation_loss
+    )
+    assert chosen == 1e-3 and losses[1e-3] < losses[100.0]
+    for after, before in zip(model.get_weights(), start, strict=True):
+        np.testing.assert_array_equal(after, before)
+    # A tie goes to the lower rate.
+    chosen, _ = probe_rates(model, compile_at, _Batches(images, labels, 8), 8, [1e-3, 2e-3], lambda: 1.0)
+    assert chosen == 1e-3

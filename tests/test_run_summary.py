@@ -66,21 +66,35 @@ def test_the_description_gives_data_results_times_and_changes_since_the_previous
     assert "Failed" not in text
 
 
-def test_the_description_says_which_model_fine_tuning_left_final():
-    tuning = {"finetune.val_accuracy": 0.93, "diagnostics/finetune.frozen_val_accuracy": 0.94}
-    steps = {"diagnostics/finetune.best_epoch": 3.0, "diagnostics/finetune.epochs_run": 5.0}
-    kept = describe(
-        {**_run(), "metrics": {**tuning, **steps, "diagnostics/finetune.kept": 1.0}}, None, {}, None
-    )
-    assert "- **final model is the fine-tuned one**: epoch 3 of 5\n" in kept
-    beaten = describe(
-        {**_run(), "metrics": {**tuning, **steps, "diagnostics/finetune.kept": 0.0}}, None, {}, None
-    )
+def test_the_description_says_which_model_each_choice_on_validation_kept_and_why():
+    from image_classifier.selection import compare
+
+    steps = {"diagnostics/finetune.best_epoch": 1.0, "diagnostics/finetune.epochs_run": 3.0}
+    # The unseen two-class set: fine-tuning 3 photos better of 212 (5 gained, 2 lost).
+    frozen = [True] * 207 + [False] * 5
+    tuned = [True] * 205 + [False, False] + [True] * 5
+    close = compare(frozen, tuned, 0.05).metrics("diagnostics/finetune.selection")
+    text = describe({**_run(), "metrics": {**steps, **close}}, None, {}, None)
     assert (
-        "- **final model is the frozen backbone + head**: fine-tuning reached validation 0.93, not above its 0.94"
-        in beaten
+        "- **fine-tuning**: kept the frozen backbone + head: fine-tuning (epoch 1 of 3) was 3 photos "
+        "better of 212 validation photos (5 gained, 2 lost), p = 0.23\n"
+    ) in text
+    clear = compare(frozen[:200] + [False] * 12, [True] * 212, 0.05).metrics("diagnostics/finetune.selection")
+    text = describe({**_run(), "metrics": {**steps, **clear}}, None, {}, None)
+    assert (
+        "- **fine-tuning**: kept fine-tuning (epoch 1 of 3): 12 photos better than the frozen backbone + head "
+        "of 212 validation photos (12 gained, 0 lost), p = 0.00024\n"
+    ) in text
+    flip = compare([True] * 10, [True] * 10, 0.05).metrics("diagnostics/evaluation.tta_selection")
+    text = describe({**_run(), "metrics": flip}, None, {}, None)
+    assert (
+        "- **test-time augmentation**: kept the plain photo: the mirror-image average was as accurate" in text
     )
-    assert "final model is" not in describe(_run(), None, {}, None)
+    skipped = {"diagnostics/finetune.epochs_run": 0.0, "diagnostics/finetune.frozen_val_accuracy": 0.99}
+    text = describe({**_run(), "metrics": skipped}, None, {}, None)
+    assert "- **fine-tuning**: kept the frozen backbone + head: fine-tuning did not start" in text
+    untuned = describe(_run(), None, {}, None)
+    assert "**fine-tuning**" not in untuned and "**test-time augmentation**" not in untuned
 
 
 def test_a_first_run_has_no_changes_and_a_failed_run_says_why():

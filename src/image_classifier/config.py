@@ -44,9 +44,28 @@ def _not_in_fingerprint(default: Any, **kwargs: Any) -> Any:
     return Field(default, json_schema_extra={"fingerprint": False}, **kwargs)
 
 
+# The most of a folder that carving validation may take to reach split.min_validation.
+_MAX_CARVED_VALIDATION = 0.25
+
+
 class SplitParams(_Strict):
     validation: float = Field(0.1, ge=0.0, lt=1.0)
     test: float = Field(0.1, ge=0.0, lt=1.0)
+    min_validation: int = Field(
+        300,
+        ge=0,
+        description="photos a carved validation split gets at least (up to a quarter of the photos "
+        "it is carved from), so that choices made on it can be significant",
+    )
+
+    def carved_validation(self, photos: int) -> float:
+        """The share of ``photos`` held out for validation when no validation folder is given:
+        ``validation``, raised towards ``min_validation`` photos but never above a quarter (nor
+        above half of what the test split leaves). With
+        300 photos a 3-point gain, 9 photos net, is significant when the two models disagree on
+        about 5% of them (docs/decisions/choices-with-a-margin.md)."""
+        wanted = self.min_validation / photos if photos else 0.0
+        return max(self.validation, min(wanted, _MAX_CARVED_VALIDATION, (1 - self.test) / 2))
 
     @model_validator(mode="after")
     def _leaves_training_data(self) -> SplitParams:
@@ -221,7 +240,7 @@ class TrainingParams(_Strict):
 class FineTuningParams(_Strict):
     enabled: bool = True
     epochs: int = Field(
-        12, ge=1, description="the most epochs; early stopping on validation loss decides how many run"
+        12, ge=1, description="the most epochs; the validation-driven stop (patience) decides how many run"
     )
     unfreeze_layers: int = Field(40, ge=0)
     train_size: int | None = Field(
@@ -259,9 +278,31 @@ class FineTuningParams(_Strict):
         ge=1,
         description="epochs after the best one (most accurate on validation, then lowest loss) before stopping",
     )
+    fixable_share: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="fine-tuning starts only if righting this share of the frozen model's validation "
+        "mistakes (and making no new one) would be significant at evaluation.selection_alpha; 0: always",
+    )
+    rate_probe: list[float] = Field(
+        default_factory=list,
+        description="peak rates tried from the same start before fine-tuning; the one whose validation "
+        "loss is lowest after the probe replaces learning_rate. Empty: no probe",
+    )
+    rate_probe_epochs: float = Field(
+        0.5, gt=0.0, description="epochs each probed rate trains at its peak, after the warm-up"
+    )
     strategy: Literal["auto", "default", "mirrored"] = _not_in_fingerprint(
         "auto", description="auto: MirroredStrategy when several GPUs are visible, else the default device"
     )
+
+    @field_validator("rate_probe")
+    @classmethod
+    def _positive_and_distinct(cls, rates: list[float]) -> list[float]:
+        if any(rate <= 0 for rate in rates) or len(set(rates)) != len(rates):
+            raise ValueError("fine_tuning.rate_probe: rates must be positive and listed once")
+        return rates
 
     def peak_learning_rate(self, training_photos: int) -> float:
         """``learning_rate``, or when null the rate measured best for a training set this size:
@@ -287,7 +328,14 @@ class EvaluationParams(_Strict):
     tta: Literal["auto", "none", "flip"] = Field(
         "auto",
         description="test-time augmentation inside the logged model: flip averages each photo with its "
-        "mirror image; auto uses flip when it scores higher on validation",
+        "mirror image; auto uses flip when it is significantly more accurate on validation",
+    )
+    selection_alpha: float = Field(
+        0.05,
+        gt=0.0,
+        lt=1.0,
+        description="every choice made on validation (fine-tuned or frozen model, tta auto) takes the "
+        "costlier candidate only when McNemar's exact one-sided p-value of its gain is below this",
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -100,6 +101,64 @@ class BestEpoch(keras.callbacks.Callback):
     def on_train_end(self, logs: dict[str, float] | None = None) -> None:
         if self._best_weights is not None:
             self.model.set_weights(self._best_weights)
+
+
+class PairedValidation(keras.callbacks.Callback):
+    """Scores the validation photos after each epoch in place of Keras, in a fixed order, so that
+    each epoch can be weighed photo by photo against the model the fit started from
+    (``selection.compare``). It writes Keras' own ``val_loss`` and ``val_accuracy`` into the
+    logs, for the callbacks after it and the history, and beside them ``val_gained`` and
+    ``val_lost``: the photos this epoch gets right that ``reference_correct`` got wrong, and the
+    reverse. List it first. ``correct[e]`` is epoch ``e``'s right-or-wrong per photo."""
+
+    def __init__(
+        self, batches: keras.utils.PyDataset, loss: keras.losses.Loss, reference_correct: np.ndarray
+    ):
+        super().__init__()
+        self._batches, self._loss, self._reference = batches, loss, np.asarray(reference_correct, bool)
+        self.correct: list[np.ndarray] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        found, truth = [], []
+        for index in range(len(self._batches)):
+            images, labels = self._batches[index]
+            found.append(np.asarray(self.model.predict_on_batch(images)))
+            truth.append(labels)
+        probabilities, labels = np.concatenate(found), np.concatenate(truth)
+        correct = probabilities.argmax(axis=1) == labels.argmax(axis=1)
+        self.correct.append(correct)
+        logs.update(
+            val_loss=float(self._loss(labels, probabilities)),
+            val_accuracy=float(correct.mean()),
+            val_gained=int((correct & ~self._reference).sum()),
+            val_lost=int((self._reference & ~correct).sum()),
+        )
+
+
+def probe_rates(
+    model: keras.Model,
+    compile_at: Callable[[float], None],
+    train: keras.utils.PyDataset,
+    steps: int,
+    rates: Sequence[float],
+    validation_loss: Callable[[], float],
+    warm_up: Callable[[float], list[keras.callbacks.Callback]] = lambda rate: [],
+) -> tuple[float, dict[float, float]]:
+    """The rate, of ``rates``, whose first ``steps`` training steps from the model's current
+    weights (with the callbacks ``warm_up`` gives for it) end at the lowest validation loss; the
+    weights are those of the start again afterwards. A rate that wrecks what the start knew
+    shows in the loss within a few hundred steps, before a whole run is spent on it. Ties go to
+    the lower rate."""
+    start, losses = model.get_weights(), {}
+    for rate in sorted(rates):
+        model.set_weights(start)
+        compile_at(rate)
+        model.fit(train, steps_per_epoch=steps, epochs=1, callbacks=warm_up(rate), verbose=0)
+        loss = validation_loss()
+        losses[rate] = loss if math.isfinite(loss) else math.inf
+        logger.info("Rate probe: %d steps at %g, validation loss %.4f", steps, rate, loss)
+    model.set_weights(start)
+    return min(losses, key=lambda rate: (losses[rate], rate)), losses
 
 
 class WarmUp(keras.callbacks.Callback):

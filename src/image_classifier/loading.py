@@ -157,7 +157,8 @@ def iter_batches(
 class AugmentedImages(keras.utils.PyDataset):
     """Training batches for fine-tuning: each epoch sees fresh, but reproducible, augmentations.
 
-    An epoch is ``passes`` passes over the images, each in its own order. The view number of an
+    An epoch is ``passes`` passes over the images, each in its own order (``shuffle=False``: the
+    order given, as validation needs to pair each photo's scores with another model's). The view number of an
     image in pass ``p`` of epoch ``e`` is ``e * passes + p + 1``, so the first pass sees the same
     augmentation as cached view 1 and no pass sees the plain image unless transforms are empty.
     """
@@ -173,10 +174,11 @@ class AugmentedImages(keras.utils.PyDataset):
         workers: int,
         passes: int = 1,
         pixels: ScratchPixels | None = None,
+        shuffle: bool = True,
     ):
         super().__init__(workers=workers, use_multiprocessing=False)
         self._loader, self._paths, self._shas, self._labels = loader, list(paths), list(shas), labels
-        self._pixels = pixels
+        self._pixels, self._shuffled = pixels, shuffle
         self._batch_size, self._passes = batch_size, passes
         self._rng = np.random.default_rng(seed)
         self._epoch = 0
@@ -185,7 +187,8 @@ class AugmentedImages(keras.utils.PyDataset):
 
     def _shuffle(self) -> None:
         count = len(self._paths)
-        self._order = np.concatenate([self._rng.permutation(count) for _ in range(self._passes)])
+        order = self._rng.permutation if self._shuffled else np.arange
+        self._order = np.concatenate([order(count) for _ in range(self._passes)])
 
     def __len__(self) -> int:
         return -(-len(self._order) // self._batch_size)

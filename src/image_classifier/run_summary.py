@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from image_classifier.config import Parameters
+from image_classifier.selection import Comparison
 
 # The metrics a person compares across runs, grouped and worded as the description shows them.
 RESULTS = {
@@ -104,19 +105,28 @@ def describe(
 
 
 def _final_model_line(metrics: Mapping[str, float]) -> str | None:
-    """Which model fine-tuning left as final, when it ran."""
-    kept = metrics.get("diagnostics/finetune.kept")
-    if kept is None:
-        return None
-    if kept:
-        return (
-            f"- **final model is the fine-tuned one**: epoch {metrics['diagnostics/finetune.best_epoch']:.0f} "
-            f"of {metrics['diagnostics/finetune.epochs_run']:.0f}"
+    """Which model fine-tuning left as final and why, when it ran, and the test-time augmentation
+    when it was chosen on validation: each choice's sentence (``selection.Comparison``)."""
+    lines = []
+    tuned = Comparison.from_metrics(metrics, "diagnostics/finetune.selection")
+    if tuned is not None:
+        best, run = metrics["diagnostics/finetune.best_epoch"], metrics["diagnostics/finetune.epochs_run"]
+        sentence = tuned.sentence(
+            "the frozen backbone + head", f"fine-tuning (epoch {best:.0f} of {run:.0f})"
         )
-    return (
-        "- **final model is the frozen backbone + head**: fine-tuning reached validation "
-        f"{metrics['finetune.val_accuracy']:.4g}, not above its {metrics['diagnostics/finetune.frozen_val_accuracy']:.4g}"
-    )
+        lines.append(f"- **fine-tuning**: {sentence}")
+    elif metrics.get("diagnostics/finetune.epochs_run") == 0:
+        lines.append(
+            "- **fine-tuning**: kept the frozen backbone + head: fine-tuning did not start, as it could "
+            f"not be chosen over a frozen model this accurate on validation "
+            f"({metrics['diagnostics/finetune.frozen_val_accuracy']:.4g})"
+        )
+    flip = Comparison.from_metrics(metrics, "diagnostics/evaluation.tta_selection")
+    if flip is not None:
+        lines.append(
+            f"- **test-time augmentation**: {flip.sentence('the plain photo', 'the mirror-image average')}"
+        )
+    return "\n".join(lines) or None
 
 
 def changes(run: Mapping[str, Any], previous: Mapping[str, Any]) -> list[str]:

@@ -49,7 +49,9 @@ def test_plots_are_figures_with_content(tmp_path):
     ticks = [t for t in curves.axes[0].get_xticks() if 1 <= t <= 3]
     assert ticks and all(float(t).is_integer() for t in ticks)
     beaten = plot_training_curves({"loss": [1.0]}, {"loss": [0.4, 0.5]}, {"final_model": "head"})
-    assert "did not beat it" in beaten.texts[0].get_text() and len(beaten.axes[0].lines) == 2
+    assert "not significantly better" in beaten.texts[0].get_text() and len(beaten.axes[0].lines) == 2
+    unstarted = plot_training_curves({"loss": [1.0]}, {}, {"final_model": "head", "epochs_run": 0})
+    assert "not started" in unstarted.texts[0].get_text()
     plt.close("all")
 
 

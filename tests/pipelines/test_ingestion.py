@@ -24,7 +24,8 @@ from image_classifier.datasets import ImageFolderDataset, RawFolderError
 from image_classifier.errors import find_project_error
 from image_classifier.pipelines.ingestion.nodes import IngestionError, class_names, index_images
 
-SPLIT = {"validation": 0.2, "test": 0.2}
+# min_validation 0: the shares given, whatever the folder's size (the raise has its own test).
+SPLIT = {"validation": 0.2, "test": 0.2, "min_validation": 0}
 LIMITS = {"min_side": 32, "max_pixels": 64_000_000, "workers": 2}
 
 
@@ -167,6 +168,40 @@ def test_a_missing_validation_folder_is_carved_out_of_train(tmp_path):
     from_train = index[index["path"].str.startswith("train/")]
     assert set(from_train["split"]) == {"train", "validation"}
     assert (index[index["path"].str.startswith("test/")]["split"] == "test").all()
+
+
+def test_a_carved_validation_split_is_raised_towards_min_validation_and_only_gives_back_as_it_grows(
+    tmp_path,
+):
+    """Few validation photos leave a choice between two models to noise: a carved split is raised
+    towards ``min_validation`` photos (up to a quarter), and falls back to ``split.validation``
+    as the folder grows, so photos only ever move from validation to train; test never moves."""
+    raw = tmp_path / "raw"
+    _class_layout(raw, {"cat": 150, "dog": 150})
+    split = {"validation": 0.1, "test": 0.1, "min_validation": 120}
+    small, _ = _index(raw, split=split)
+    # 120 of 300 is 0.4: capped at a quarter (75 expected, binomial sd 7.5).
+    assert 50 <= (small["split"] == "validation").sum() <= 100
+    assert (small["split"] == "validation").mean() > 0.15
+    _class_layout(raw, {"cat": 600, "dog": 600})  # 150 of them each are the same files as before
+    grown, _ = _index(raw, split=split)
+    # 120 of 1200 is 0.1: split.validation again.
+    assert (grown["split"] == "validation").mean() == pytest.approx(0.1, abs=0.03)
+    moved = small.merge(grown, on="path", suffixes=("", "_grown"))
+    moves = set(zip(moved["split"], moved["split_grown"], strict=True))
+    assert moves <= {
+        ("train", "train"),
+        ("validation", "validation"),
+        ("validation", "train"),
+        ("test", "test"),
+    }
+    assert ("validation", "train") in moves
+    # With split folders, only a missing validation folder is carved, from train alone.
+    for folder, count in (("train", 100), ("test", 20)):
+        _class_layout(tmp_path / "splits" / folder, {"cat": count, "dog": count})
+    carved, _ = _index(tmp_path / "splits", split=split)
+    from_train = carved[carved["path"].str.startswith("train/")]
+    assert (from_train["split"] == "validation").mean() > 0.2  # 120 of 200, capped at 0.25
 
 
 def test_hash_split_is_seeded_stable_stratified_and_survives_new_images(tmp_path):

@@ -54,8 +54,9 @@ def choose_tta(
     params_digest: str,
 ) -> tuple[str, dict[str, Any]]:
     """The test-time augmentation the logged model will use: ``evaluation.tta``, or with ``auto``
-    ``flip`` when it scores higher than the plain photo on the validation split."""
-    from image_classifier import tta
+    ``flip`` when it is significantly more accurate than the plain photo on the validation split
+    (``selection.compare``): two forward passes a photo are paid for only on evidence."""
+    from image_classifier import selection, tta
 
     params = EvaluationParams(**evaluation)
     if params.tta != "auto":
@@ -70,21 +71,24 @@ def choose_tta(
         plain.append(probabilities)
         flipped.append(tta.averaged(probabilities, classifier_model.predict_on_batch(tta.mirrored(batch))))
     truth = rows["label"].map({name: i for i, name in enumerate(class_names)}).to_numpy()
-    accuracy = {
-        mode: float((np.concatenate(found).argmax(axis=1) == truth).mean()) if found else 0.0
+    correct = {
+        mode: np.concatenate(found).argmax(axis=1) == truth if found else np.zeros(0, bool)
         for mode, found in (("none", plain), ("flip", flipped))
     }
-    chosen = "flip" if accuracy["flip"] > accuracy["none"] else "none"
+    accuracy = {mode: float(found.mean()) if len(found) else 0.0 for mode, found in correct.items()}
+    choice = selection.compare(correct["none"], correct["flip"], params.selection_alpha)
+    chosen = "flip" if choice.switch else "none"
     logger.info(
         "Test-time augmentation: validation accuracy %.4f plain, %.4f with the mirror image: %s",
         accuracy["none"],
         accuracy["flip"],
-        "flip" if chosen == "flip" else "none (flip does not help)",
+        choice.sentence("the plain photo", "the mirror-image average"),
     )
     metrics = {
         "diagnostics/evaluation.val_accuracy": accuracy["none"],
         "diagnostics/evaluation.val_accuracy_flip": accuracy["flip"],
         "diagnostics/evaluation.tta_flip": float(chosen == "flip"),
+        **choice.metrics("diagnostics/evaluation.tta_selection"),
     }
     return chosen, scalar_metrics(metrics)
 
@@ -253,7 +257,9 @@ def plot_training_curves(
     if final == "fine-tuned":
         title = f"final model: fine-tuned, epoch {fine_tuning_outcome['best_epoch']} of {fine_tuning_outcome['epochs_run']}"
     elif finetune_history:
-        title = "final model: frozen backbone + head (fine-tuning did not beat it on validation)"
+        title = "final model: frozen backbone + head (fine-tuning was not significantly better on validation)"
+    elif "epochs_run" in fine_tuning_outcome:
+        title = "final model: frozen backbone + head (fine-tuning could not be chosen over it: not started)"
     else:
         title = "final model: frozen backbone + head (fine-tuning off)"
     figure.suptitle(title)

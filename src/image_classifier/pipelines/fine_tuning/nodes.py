@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from image_classifier.backbones import get_spec, load_pretrained
@@ -40,6 +42,7 @@ def fine_tune(
     workers: int,
     seed: int,
     params_digest: str,
+    selection_alpha: float,
 ) -> tuple[KerasModel, dict[str, Any], dict[str, list[float]], dict[str, Any]]:
     """Return the final raw-image classifier, its metrics, the fine-tuning history and the
     outcome: which model is final and why.
@@ -48,8 +51,11 @@ def fine_tune(
     (the most accurate on validation, then the lowest loss), keeping it; epochs that beat the
     frozen model on neither count against the patience unless each is more accurate than every
     epoch before it, so a fine-tuning that cannot help costs ``patience`` epochs. The final
-    model is the fine-tuned one only if it beats the frozen backbone with the trained head on
-    validation accuracy (then loss); otherwise it is that frozen model.
+    model is the fine-tuned one only if it is significantly more accurate than the frozen
+    backbone with the trained head on the same validation photos (``selection.compare`` at
+    ``selection_alpha``); otherwise it is that frozen model. Fine-tuning does not start when it
+    could not be chosen even by righting ``fixable_share`` of the frozen model's validation
+    mistakes without a new one.
 
     ``training`` is the head's recipe: fine-tuning keeps its label smoothing and class weights.
     The model is stamped with the fingerprint of this run's data and parameters, which
@@ -58,13 +64,17 @@ def fine_tune(
     # TensorFlow and Keras here, not at the top: Kedro imports every node module at start-up.
     import keras
 
+    from image_classifier import selection
     from image_classifier.distribution import training_strategy
     from image_classifier.fitting import (
         ImageProgress,
+        PairedValidation,
+        WarmUp,
         class_weights,
         fit_callbacks,
         history_metrics,
         plain_history,
+        probe_rates,
         seed_everything,
         split_arrays,
     )
@@ -82,16 +92,41 @@ def fine_tune(
     head_params, limits = TrainingParams(**training), IngestionParams(**ingestion)
     spec, size = get_spec(backbone_params.name), backbone_params.input_size
     train_size = params.train_size or size
-    if not params.enabled:
-        logger.info("Fine-tuning disabled: the final model is the backbone with the trained head")
+    paths, shas, labels = split_arrays(image_index, "train", class_names)
+    validation_split = split_arrays(image_index, "validation", class_names)
+    # The model fine-tuning must beat: the frozen backbone with the trained head. Its scores on
+    # the validation photos are the head's on their cached features (the same pixels through
+    # the same network, to within 1e-5): no pass over the photos, no extra trace of the model.
+    smoothing = head_params.smoothing(len(paths))
+    frozen = _frozen_scores(head_model, validation_features, validation_split, smoothing)
+    errors = int((~frozen["correct"]).sum())
+    fixable = math.floor(errors * params.fixable_share)
+    unwinnable = params.fixable_share > 0 and not selection.can_ever_switch(fixable, selection_alpha)
+    if not params.enabled or unwinnable:
+        why = (
+            "fine_tuning.enabled is false"
+            if not params.enabled
+            else f"the frozen model makes {errors} mistakes on {len(frozen['correct'])} validation photos: "
+            f"righting {fixable} of them could not be significant at p < {selection_alpha:g}"
+        )
+        logger.info("Fine-tuning skipped (%s): the final model is the backbone with the trained head", why)
         trunk = load_pretrained(spec.name, size, backbone_params.cache_dir, backbone_params.weights)
         model = full_classifier(feature_extractor(trunk, spec, size), head_model)
-        outcome = {"final_model": "head", "reason": "fine_tuning.enabled is false"}
-        return stamp(model, fingerprint(image_index, params_digest)), {}, {}, outcome
+        outcome = {"final_model": "head", "reason": why}
+        metrics = {}
+        if params.enabled:
+            outcome.update(frozen=_plain_scores(frozen), epochs_run=0)
+            metrics = scalar_metrics(
+                {
+                    "diagnostics/finetune.frozen_val_accuracy": frozen["accuracy"],
+                    "diagnostics/finetune.kept": 0.0,
+                    "diagnostics/finetune.epochs_run": 0,
+                }
+            )
+        return stamp(model, fingerprint(image_index, params_digest)), metrics, {}, outcome
 
     seed_everything(seed)
     transforms = tuple(t.model_dump() for t in AugmentationParams(**augmentation).transforms)
-    paths, shas, labels = split_arrays(image_index, "train", class_names)
     passes = max(1, -(-params.min_epoch_images // max(len(paths), 1)))
     epoch_images = len(paths) * passes
 
@@ -104,7 +139,6 @@ def fine_tune(
     progressive = params.train_size_epochs is not None and train_size != size
     if progressive:
         train = ResizedAfter(train, training_images(size), params.train_size_epochs, workers)
-    validation_split = split_arrays(image_index, "validation", class_names)
     validation = AugmentedImages(
         ViewLoader(raw_images, limits, size),
         *validation_split,
@@ -112,6 +146,7 @@ def fine_tune(
         seed=seed,
         workers=workers,
         pixels=ScratchPixels(len(validation_split[0]), size, "Fine-tuning (validation photos)"),
+        shuffle=False,  # in the order of the frozen model's scores, photo for photo
     )
     # Variables must be created inside the strategy's scope to be mirrored across replicas.
     with training_strategy(params.strategy).scope():
@@ -131,15 +166,36 @@ def fine_tune(
             if train_size == size
             else unresized_classifier(trunk, spec, head)
         )
-    # The model fine-tuning must beat: the frozen backbone with the trained head. Its scores on
-    # the validation photos are the head's on their cached features (the same pixels through
-    # the same network, to within 1e-5): no pass over the photos, no extra trace of the model.
-    smoothing = head_params.smoothing(len(paths))
-    frozen = _frozen_scores(head_model, validation_features, len(class_names), smoothing)
     frozen_weights = model.get_weights()
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+    paired = PairedValidation(validation, loss, frozen["correct"])
+    paired.set_model(fitted)  # fit sets it too; the rate probe scores before any fit
     with training_strategy(params.strategy).scope():
         unfrozen = unfreeze_top(trunk, params.unfreeze_layers, spec.tunable)
-        peak = params.peak_learning_rate(len(paths))
+        peak, probed = params.peak_learning_rate(len(paths)), {}
+        if params.rate_probe:
+            warmup_steps = int(params.warmup_epochs * len(train))
+            probe_steps = warmup_steps + max(1, int(params.rate_probe_epochs * len(train)))
+
+            def compile_at(rate: float) -> None:
+                compile_classifier(fitted, rate, smoothing)
+
+            def probe_loss() -> float:
+                logs: dict[str, float] = {}
+                paired.on_epoch_end(-1, logs)
+                paired.correct.pop()  # a probe is not an epoch
+                return logs["val_loss"]
+
+            # Its own batches: the fit after it sees the same photos and views as without it.
+            peak, probed = probe_rates(
+                fitted,
+                compile_at,
+                training_images(train_size),
+                probe_steps,
+                params.rate_probe,
+                probe_loss,
+                warm_up=lambda rate: [WarmUp(rate, warmup_steps)],
+            )
         learning_rate, schedule_callbacks = _schedule(params, peak, len(train))
         compile_classifier(fitted, learning_rate, smoothing)
     sizes = (
@@ -164,10 +220,10 @@ def fine_tune(
         train.dataset() if progressive else train,
         # Keras shuffles a PyDataset's batches, not a tf.data one's (each epoch's photos come in a new order anyway).
         shuffle=not progressive,
-        validation_data=validation,
         epochs=params.epochs,
         class_weight=class_weights(labels.argmax(axis=1), len(class_names), head_params.class_weight),
         callbacks=[
+            paired,  # validation, first: the callbacks after it read its scores
             ImageProgress(epoch_images, params.batch_size, "fine-tuning"),
             *schedule_callbacks,
             *stopping,
@@ -177,20 +233,15 @@ def fine_tune(
     # The weights are the best epoch's again: its validation scores are in the history already.
     best = stopping[0].best_epoch
     tuned = {name: float(fit.history[f"val_{name}"][best]) for name in ("loss", "accuracy")}
-    kept = (tuned["accuracy"], -tuned["loss"]) > (frozen["accuracy"], -frozen["loss"])
+    choice = selection.compare(frozen["correct"], paired.correct[best], selection_alpha)
+    kept = choice.switch
     epochs_run, best_epoch = len(fit.history["loss"]), best + 1
-    if kept:
-        logger.info(
-            "Fine-tuned: val_accuracy %.4f (epoch %d of %d)", tuned["accuracy"], best_epoch, epochs_run
-        )
-    else:
+    sentence = choice.sentence(
+        "the frozen backbone + head", f"fine-tuning (epoch {best_epoch} of {epochs_run})"
+    )
+    if not kept:
         model.set_weights(frozen_weights)
-        logger.info(
-            "Fine-tuning reached val_accuracy %.4f, not above the frozen model's %.4f: the final model "
-            "is the backbone with the trained head",
-            tuned["accuracy"],
-            frozen["accuracy"],
-        )
+    logger.info("Fine-tuning: %s", sentence)
     metrics = {
         **history_metrics(fit.history, "finetune"),
         **scalar_metrics(
@@ -201,34 +252,54 @@ def fine_tune(
                 "diagnostics/finetune.best_epoch": best_epoch,
                 "diagnostics/finetune.epochs_run": epochs_run,
                 "diagnostics/finetune.learning_rate": peak,
+                **choice.metrics("diagnostics/finetune.selection"),
+                **{f"diagnostics/finetune.probe_val_loss.{rate:g}": value for rate, value in probed.items()},
             }
         ),
     }
     outcome = {
         "final_model": "fine-tuned" if kept else "head",
-        "frozen": frozen,
+        "reason": sentence,
+        "frozen": _plain_scores(frozen),
         "fine_tuned": tuned,
         "best_epoch": best_epoch,
         "epochs_run": epochs_run,
         "epoch_images": epoch_images,
         "learning_rate": peak,
+        "selection": {"gained": choice.gained, "lost": choice.lost, "p_value": choice.p_value},
+        **({"rate_probe": {f"{rate:g}": value for rate, value in probed.items()}} if probed else {}),
     }
     return stamp(model, fingerprint(image_index, params_digest)), metrics, plain_history(fit), outcome
 
 
 def _frozen_scores(
-    head_model: KerasModel, validation_features: dict[str, Any], num_classes: int, label_smoothing: float
-) -> dict[str, float]:
-    """Validation loss and accuracy of the head on the cached plain-view features, with the loss
-    fine-tuning reports (``compile_classifier``'s)."""
+    head_model: KerasModel,
+    validation_features: dict[str, Any],
+    validation_split: tuple[list[str], list[str], np.ndarray],
+    label_smoothing: float,
+) -> dict[str, Any]:
+    """Validation loss, accuracy and each photo's right-or-wrong (in the order of
+    ``validation_split``, the photos fine-tuning validates on) of the head on the cached
+    plain-view features, with the loss fine-tuning reports (``compile_classifier``'s)."""
     import keras
 
-    probabilities = head_model.predict(validation_features["features"], verbose=0)
-    labels = validation_features["labels"]
-    loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)(
-        keras.utils.to_categorical(labels, num_classes), probabilities
-    )
-    return {"loss": float(loss), "accuracy": float((probabilities.argmax(axis=1) == labels).mean())}
+    paths, _, one_hot = validation_split
+    row = {path: i for i, path in enumerate(validation_features["paths"])}
+    order = np.array([row[path] for path in paths], dtype=np.int64)
+    features = validation_features["features"][order]
+    probabilities = head_model.predict(features, verbose=0) if len(order) else np.zeros((0, one_hot.shape[1]))
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)(one_hot, probabilities)
+    correct = probabilities.argmax(axis=1) == one_hot.argmax(axis=1)
+    return {
+        "loss": float(loss) if len(order) else float("nan"),
+        "accuracy": float(correct.mean()) if len(order) else 0.0,
+        "correct": correct,
+    }
+
+
+def _plain_scores(scores: dict[str, Any]) -> dict[str, float]:
+    """The frozen model's loss and accuracy, for the outcome file."""
+    return {name: scores[name] for name in ("loss", "accuracy")}
 
 
 def _schedule(params: FineTuningParams, peak: float, steps_per_epoch: int) -> tuple[Any, list[Any]]:

@@ -22,6 +22,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:loading.workers",
                     "params:seed",
                     "params_digest",
+                    "params:evaluation.selection_alpha",
                 ],
                 ["classifier_model", "finetune_metrics", "finetune_history", "fine_tuning_outcome"],
                 name="fine_tune",

@@ -141,21 +141,38 @@ def _deduplicate(good: list[_Inspected]) -> tuple[list[_Inspected], list[_Inspec
 
 def _assign_splits(items: list[_Inspected], seed: int, split: SplitParams) -> list[_Inspected]:
     if all(i.split is None for i in items):
+        validation = split.carved_validation(len(items))
+        _log_raised(split, validation, len(items), "the photos")
         return [
-            replace(
-                i, split=_hash_split(i.sha256, seed, {"test": split.test, "validation": split.validation})
-            )
+            replace(i, split=_hash_split(i.sha256, seed, {"test": split.test, "validation": validation}))
             for i in items
         ]
     # Split folders are respected; a held-out split the user did not provide is carved out of
     # train by the same content hash, so it too stays put when images are added.
     missing = {s: getattr(split, s) for s in ("test", "validation") if not any(i.split == s for i in items)}
+    if "validation" in missing:
+        train = sum(i.split == "train" for i in items)
+        missing["validation"] = split.carved_validation(train)
+        _log_raised(split, missing["validation"], train, "train")
     if missing:
         logger.info("No %s folder: holding out %s of train by content hash", sorted(missing), missing)
     return [
         replace(i, split=_hash_split(i.sha256, seed, missing)) if i.split == "train" and missing else i
         for i in items
     ]
+
+
+def _log_raised(split: SplitParams, validation: float, pool: int, what: str) -> None:
+    if validation > split.validation:
+        logger.info(
+            "Validation: %.3g of %s (%d photos) instead of split.validation %g, to reach "
+            "split.min_validation %d photos: fewer leave a choice between two models to noise",
+            validation,
+            what,
+            pool,
+            split.validation,
+            split.min_validation,
+        )
 
 
 def index_images(
