@@ -151,6 +151,8 @@ def test_fine_tuning_does_not_start_when_it_could_not_be_chosen_over_the_frozen_
     assert outcome["final_model"] == "head" and outcome["epochs_run"] == 0 and history == {}
     assert f"makes {mistakes} mistakes on {len(labels)} validation photos" in outcome["reason"]
     assert metrics["diagnostics/finetune.epochs_run"]["value"] == 0
+    # The contract's metric is the stage's result: the frozen model's.
+    assert metrics["finetune.val_accuracy"]["value"] == pytest.approx(1 - mistakes / len(labels))
     assert metrics["diagnostics/finetune.kept"]["value"] == 0.0
     np.testing.assert_allclose(
         model.predict(validation, verbose=0), frozen.predict(validation, verbose=0), rtol=1e-5, atol=1e-6

@@ -118,6 +118,8 @@ def fine_tune(
             outcome.update(frozen=_plain_scores(frozen), epochs_run=0)
             metrics = scalar_metrics(
                 {
+                    # The stage's result is the frozen model, as finetune.test_accuracy will be.
+                    "finetune.val_accuracy": frozen["accuracy"],
                     "diagnostics/finetune.frozen_val_accuracy": frozen["accuracy"],
                     "diagnostics/finetune.kept": 0.0,
                     "diagnostics/finetune.epochs_run": 0,
