@@ -118,7 +118,8 @@ class PairedValidation(keras.callbacks.Callback):
         self._batches, self._loss, self._reference = batches, loss, np.asarray(reference_correct, bool)
         self.correct: list[np.ndarray] = []
 
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+    def scores(self) -> tuple[dict[str, float], np.ndarray]:
+        """The model's validation scores now, and each photo's right-or-wrong."""
         found, truth = [], []
         for index in range(len(self._batches)):
             images, labels = self._batches[index]
@@ -126,13 +127,18 @@ class PairedValidation(keras.callbacks.Callback):
             truth.append(labels)
         probabilities, labels = np.concatenate(found), np.concatenate(truth)
         correct = probabilities.argmax(axis=1) == labels.argmax(axis=1)
+        scores = {
+            "val_loss": float(self._loss(labels, probabilities)),
+            "val_accuracy": float(correct.mean()),
+            "val_gained": int((correct & ~self._reference).sum()),
+            "val_lost": int((self._reference & ~correct).sum()),
+        }
+        return scores, correct
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        scores, correct = self.scores()
         self.correct.append(correct)
-        logs.update(
-            val_loss=float(self._loss(labels, probabilities)),
-            val_accuracy=float(correct.mean()),
-            val_gained=int((correct & ~self._reference).sum()),
-            val_lost=int((self._reference & ~correct).sum()),
-        )
+        logs.update(scores)
 
 
 def probe_rates(

@@ -55,7 +55,7 @@ def _run(inputs, enabled, head=None, alpha=0.05, **tuning):
         2,
         0,
         "digest",
-        0.05,
+        alpha,
     )
 
 

@@ -69,12 +69,10 @@ def fine_tune(
     from image_classifier.fitting import (
         ImageProgress,
         PairedValidation,
-        WarmUp,
         class_weights,
         fit_callbacks,
         history_metrics,
         plain_history,
-        probe_rates,
         seed_everything,
         split_arrays,
     )
@@ -99,21 +97,14 @@ def fine_tune(
     # the same network, to within 1e-5): no pass over the photos, no extra trace of the model.
     smoothing = head_params.smoothing(len(paths))
     frozen = _frozen_scores(head_model, validation_features, validation_split, smoothing)
-    errors = int((~frozen["correct"]).sum())
-    fixable = math.floor(errors * params.fixable_share)
-    unwinnable = params.fixable_share > 0 and not selection.can_ever_switch(fixable, selection_alpha)
-    if not params.enabled or unwinnable:
-        why = (
-            "fine_tuning.enabled is false"
-            if not params.enabled
-            else f"the frozen model makes {errors} mistakes on {len(frozen['correct'])} validation photos: "
-            f"righting {fixable} of them could not be significant at p < {selection_alpha:g}"
+    unstarted = _why_not_started(params, frozen["correct"], selection_alpha)
+    if unstarted:
+        logger.info(
+            "Fine-tuning skipped (%s): the final model is the backbone with the trained head", unstarted
         )
-        logger.info("Fine-tuning skipped (%s): the final model is the backbone with the trained head", why)
         trunk = load_pretrained(spec.name, size, backbone_params.cache_dir, backbone_params.weights)
         model = full_classifier(feature_extractor(trunk, spec, size), head_model)
-        outcome = {"final_model": "head", "reason": why}
-        metrics = {}
+        outcome, metrics = {"final_model": "head", "reason": unstarted}, {}
         if params.enabled:
             outcome.update(frozen=_plain_scores(frozen), epochs_run=0)
             metrics = scalar_metrics(
@@ -176,28 +167,8 @@ def fine_tune(
         unfrozen = unfreeze_top(trunk, params.unfreeze_layers, spec.tunable)
         peak, probed = params.peak_learning_rate(len(paths)), {}
         if params.rate_probe:
-            warmup_steps = int(params.warmup_epochs * len(train))
-            probe_steps = warmup_steps + max(1, int(params.rate_probe_epochs * len(train)))
-
-            def compile_at(rate: float) -> None:
-                compile_classifier(fitted, rate, smoothing)
-
-            def probe_loss() -> float:
-                logs: dict[str, float] = {}
-                paired.on_epoch_end(-1, logs)
-                paired.correct.pop()  # a probe is not an epoch
-                return logs["val_loss"]
-
             # Its own batches: the fit after it sees the same photos and views as without it.
-            peak, probed = probe_rates(
-                fitted,
-                compile_at,
-                training_images(train_size),
-                probe_steps,
-                params.rate_probe,
-                probe_loss,
-                warm_up=lambda rate: [WarmUp(rate, warmup_steps)],
-            )
+            peak, probed = _probe(params, fitted, paired, training_images(train_size), smoothing)
         learning_rate, schedule_callbacks = _schedule(params, peak, len(train))
         compile_classifier(fitted, learning_rate, smoothing)
     sizes = (
@@ -274,6 +245,23 @@ def fine_tune(
     return stamp(model, fingerprint(image_index, params_digest)), metrics, plain_history(fit), outcome
 
 
+def _why_not_started(params: FineTuningParams, frozen_correct: np.ndarray, alpha: float) -> str | None:
+    """Why fine-tuning is not run, or None: it is off, or it could not be chosen over the frozen
+    model even by righting ``fixable_share`` of its validation mistakes and making no new one."""
+    from image_classifier.selection import can_ever_switch
+
+    if not params.enabled:
+        return "fine_tuning.enabled is false"
+    errors = int((~frozen_correct).sum())
+    fixable = math.floor(errors * params.fixable_share)
+    if params.fixable_share > 0 and not can_ever_switch(fixable, alpha):
+        return (
+            f"the frozen model makes {errors} mistakes on {len(frozen_correct)} validation photos: righting "
+            f"{fixable} of them could not be significant at p < {alpha:g}"
+        )
+    return None
+
+
 def _frozen_scores(
     head_model: KerasModel,
     validation_features: dict[str, Any],
@@ -302,6 +290,26 @@ def _frozen_scores(
 def _plain_scores(scores: dict[str, Any]) -> dict[str, float]:
     """The frozen model's loss and accuracy, for the outcome file."""
     return {name: scores[name] for name in ("loss", "accuracy")}
+
+
+def _probe(
+    params: FineTuningParams, fitted: Any, paired: Any, train: Any, smoothing: float
+) -> tuple[float, dict[float, float]]:
+    """The peak rate of ``rate_probe`` whose warm-up and ``rate_probe_epochs`` at the peak end at
+    the lowest validation loss, and each rate's loss (``fitting.probe_rates``)."""
+    from image_classifier.fitting import WarmUp, probe_rates
+    from image_classifier.models import compile_classifier
+
+    warmup_steps = int(params.warmup_epochs * len(train))
+    return probe_rates(
+        fitted,
+        lambda rate: compile_classifier(fitted, rate, smoothing),
+        train,
+        warmup_steps + max(1, int(params.rate_probe_epochs * len(train))),
+        params.rate_probe,
+        lambda: paired.scores()[0]["val_loss"],
+        warm_up=lambda rate: [WarmUp(rate, warmup_steps)],
+    )
 
 
 def _schedule(params: FineTuningParams, peak: float, steps_per_epoch: int) -> tuple[Any, list[Any]]:
