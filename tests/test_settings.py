@@ -41,7 +41,7 @@ def test_a_local_parameter_overrides_one_key_and_keeps_the_rest_of_its_section(t
     project = scratch_project(tmp_path / "project")
     (project / "conf/local/parameters.yml").write_text("evaluation: {tta: none}\nfine_tuning: {epochs: 2}\n")
     parameters = OmegaConfigLoader(str(project / "conf"), **CONFIG_LOADER_ARGS)["parameters"]
-    assert parameters["evaluation"] == {"batch_size": 64, "tta": "none"}
+    assert parameters["evaluation"] == {"batch_size": 64, "tta": "none", "selection_alpha": 0.05}
     assert parameters["fine_tuning"]["epochs"] == 2 and parameters["fine_tuning"]["unfreeze_layers"] == 40
 
 
