@@ -24,7 +24,7 @@ variant × backbone × recipe it runs the default pipeline with each seed and pr
 (mean ± sd over seeds), the fine-tuning epochs run and the wall time, then each seed's final
 validation accuracy and fine-tuning epochs. Recipes: ``old`` (4 epochs, cosine schedule from a peak
 rate of 1e-4, no label smoothing, early stopping on validation loss, the fine-tuned model always
-final: the default before issue 16), ``new`` (the current defaults) and any given with ``--recipe``
+final: the default before the fine-tuning recipe change), ``new`` (the current defaults) and any given with ``--recipe``
 (the current defaults with some parameters changed). Recipes are compared on validation only; test
 accuracy (the final model's, then the frozen head's) is printed for one recipe alone (``--test``,
 default ``new``), the default it reports on.
@@ -47,7 +47,7 @@ from PIL import Image
 
 from image_classifier.pipeline_registry import DEFAULT_STAGES
 
-# The default before issue 16 ran 4 epochs under Keras' early stopping on validation loss with
+# The default before the fine-tuning recipe change ran 4 epochs under Keras' early stopping on validation loss with
 # patience 2, so 3 or 4. Here all 4 run (today's rule would otherwise cut it after 2), and
 # _old_pick replays the old rule on their history.
 RECIPES = {
@@ -102,7 +102,7 @@ def _variant(raw: Path, name: str, scratch: Path) -> Path:
 
 
 def _final_val(metrics: dict[str, float], recipe: str) -> float:
-    """The validation accuracy of the model the run logged. Before issue 16 that was always the
+    """The validation accuracy of the model the run logged. Before the fine-tuning recipe change that was always the
     fine-tuned model, without test-time augmentation; now it is the better of fine-tuned and
     frozen, with the mirror image averaged in when that scored higher (both chosen on this same
     validation split, so slightly optimistic)."""
@@ -114,7 +114,7 @@ def _final_val(metrics: dict[str, float], recipe: str) -> float:
 
 
 def _old_pick(losses: list[float], accuracies: list[float], patience: int = 2) -> float:
-    """The validation accuracy the default before issue 16 ended with: Keras' EarlyStopping on
+    """The validation accuracy the default before the fine-tuning recipe change ended with: Keras' EarlyStopping on
     validation loss (restore_best_weights) over these epochs, the fine-tuned model always final.
     The epochs it would not have run do not change the ones before them."""
     best, wait = 0, 0

@@ -1,4 +1,4 @@
-"""Hostile inputs of issue 13 that need no trained model, each in a fresh child process; prints
+"""Hostile inputs of the hostile-inputs work that need no trained model, each in a fresh child process; prints
 one line per probe: what happened and the child's peak memory (VmHWM).
 
     .venv/bin/python benchmarks/hostile_probes.py                 # this checkout
